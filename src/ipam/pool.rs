@@ -1,0 +1,1 @@
+//! Address arithmetic and pool ranges of a network.

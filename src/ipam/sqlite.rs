@@ -1,0 +1,1 @@
+//! The embedded lease store: SQLite in the state directory.

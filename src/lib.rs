@@ -1,0 +1,12 @@
+//! netattach: containers on the physical LAN with their own MAC and IP, through
+//! macvlan and ipvlan, for runc, crun, podman (OCI hooks) and containerd (NRI).
+//!
+//! Data flows one way: a request (annotations) and the administrator's network
+//! definitions become a plan ([`plan`]), the lease store ([`ipam`]) fills in the
+//! addresses, and the engine ([`engine`]) applies the plan in the container's
+//! network namespace with rollback. The faces ([`hook`], CLI) only translate their
+//! input into a request, a netns and an owner id.
+
+pub mod config;
+pub mod ipam;
+pub mod request;
