@@ -10,3 +10,9 @@
 pub mod config;
 pub mod ipam;
 pub mod request;
+pub mod cli;
+pub mod engine;
+pub mod hook;
+pub mod netlink;
+pub mod netns;
+pub mod plan;

@@ -1,1 +1,62 @@
-fn main() {}
+//! The `netattach` command: the OCI hook face, the admin CLI and hand attach.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use netattach::cli;
+use netattach::config::DEFAULT_CONFIG_DIR;
+
+/// Containers on the physical LAN with their own MAC and IP (macvlan / ipvlan).
+#[derive(Parser)]
+#[command(name = "netattach", version)]
+struct Cli {
+    /// Directory of network definitions.
+    #[arg(long, global = true, env = "NETATTACH_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
+    /// Directory of leases and other state.
+    #[arg(long, global = true, env = "NETATTACH_STATE_DIR", default_value = cli::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Define, list, inspect and remove networks.
+    #[command(subcommand)]
+    Network(cli::network::NetworkCommand),
+    /// OCI runtime hook: the container state on stdin.
+    Hook(cli::hook::HookArgs),
+    /// Attach a network namespace by hand.
+    Attach(cli::attach::AttachArgs),
+    /// Release what `attach` did.
+    Detach(cli::attach::DetachArgs),
+    /// List and release leases.
+    #[command(subcommand)]
+    Lease(cli::lease::LeaseCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = cli::Context {
+        config_dir: cli.config_dir,
+        state_dir: cli.state_dir,
+    };
+    let result = match cli.command {
+        Command::Network(cmd) => cli::network::run(&ctx, cmd),
+        Command::Hook(args) => cli::hook::run(&ctx, args),
+        Command::Attach(args) => cli::attach::run_attach(&ctx, args),
+        Command::Detach(args) => cli::attach::run_detach(&ctx, args),
+        Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: runc shows the hook's stderr to the user as is.
+            eprintln!("netattach: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

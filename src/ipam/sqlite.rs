@@ -1,1 +1,1290 @@
 //! The embedded lease store: SQLite in the state directory.
+//!
+//! One file, `<state_dir>/leases.db`, shared by every netattach process on the host
+//! (many OCI hooks run at once). SQLite's file locking makes it multi-process safe:
+//! every write runs in a `BEGIN IMMEDIATE` transaction, which takes the database's
+//! write lock before reading anything, so two processes can never both see an
+//! address as free and both take it. WAL journaling with `synchronous=FULL` makes a
+//! committed lease survive a crash or power loss.
+//!
+//! Schema (version 1, in `PRAGMA user_version`):
+//!
+//! ```sql
+//! leases(network TEXT, key BLOB, address TEXT, prefix_len INTEGER, owner TEXT,
+//!        ifname TEXT, netns TEXT, created INTEGER,
+//!        PRIMARY KEY(network, key)) WITHOUT ROWID
+//! INDEX leases_owner ON leases(owner, network)
+//! attachments(owner TEXT, network TEXT, ifname TEXT, netns TEXT, created INTEGER,
+//!             PRIMARY KEY(owner, network)) WITHOUT ROWID
+//! cursors(network TEXT, range TEXT, last BLOB, PRIMARY KEY(network, range)) WITHOUT ROWID
+//! ```
+//!
+//! `key` is 17 bytes: the family (4 or 6) then the address as a 16-byte big-endian
+//! integer, so keys sort by family then address and IPv4 can never collide with an
+//! IPv6 address (not even `::ffff:a.b.c.d`). `address` is the text form, for people
+//! reading the database. `cursors.last` is the key of the last address handed out
+//! from a range (`range` as written: the ip_range, else the subnet); the next pooled
+//! allocation starts just after it.
+//!
+//! Nothing scans all leases: a pooled allocation walks the primary-key index from
+//! the range's cursor and stops at the first gap, owner operations use the owner
+//! index.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+
+use super::pool::{addr_to_u128, ranges_label, u128_to_addr};
+use super::{Attachment, Claim, IpamError, Lease, LeaseStore, PoolRange, Want};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "leases.db";
+
+/// Schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a process waits for another one holding the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    network    TEXT    NOT NULL,
+    key        BLOB    NOT NULL,
+    address    TEXT    NOT NULL,
+    prefix_len INTEGER NOT NULL,
+    owner      TEXT    NOT NULL,
+    ifname     TEXT    NOT NULL,
+    netns      TEXT    NOT NULL,
+    created    INTEGER NOT NULL,
+    PRIMARY KEY (network, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner, network);
+CREATE TABLE IF NOT EXISTS attachments (
+    owner   TEXT    NOT NULL,
+    network TEXT    NOT NULL,
+    ifname  TEXT    NOT NULL,
+    netns   TEXT    NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (owner, network)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    network TEXT NOT NULL,
+    range   TEXT NOT NULL,
+    last    BLOB NOT NULL,
+    PRIMARY KEY (network, range)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+const LEASE_COLUMNS: &str = "network, key, prefix_len, owner, ifname, netns, created";
+const ATTACHMENT_COLUMNS: &str = "owner, network, ifname, netns, created";
+
+/// The embedded lease store. Cheap to open (a hook opens it on every container
+/// start); one connection, safe to share between threads.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+type Key = [u8; 17];
+
+fn key_of(ipv6: bool, value: u128) -> Key {
+    let mut k = [0u8; 17];
+    k[0] = if ipv6 { 6 } else { 4 };
+    k[1..].copy_from_slice(&value.to_be_bytes());
+    k
+}
+
+fn key_of_addr(addr: IpAddr) -> Key {
+    key_of(addr.is_ipv6(), addr_to_u128(addr))
+}
+
+/// (is IPv6, value) of a key; `None` if it is not one this store wrote.
+fn decode_key(k: &[u8]) -> Option<(bool, u128)> {
+    let (&family, value) = k.split_first()?;
+    let value = u128::from_be_bytes(value.try_into().ok()?);
+    match family {
+        4 if value <= u32::MAX as u128 => Some((false, value)),
+        6 => Some((true, value)),
+        _ => None,
+    }
+}
+
+fn addr_of_key(k: &[u8]) -> Option<IpAddr> {
+    let (v6, value) = decode_key(k)?;
+    u128_to_addr(value, v6)
+}
+
+fn db(e: rusqlite::Error) -> IpamError {
+    if is_busy(&e) {
+        return IpamError::Store(format!(
+            "{e} (another process held it for more than {} s)",
+            BUSY_TIMEOUT.as_secs()
+        ));
+    }
+    IpamError::Store(e.to_string())
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::DatabaseBusy || f.code == ErrorCode::DatabaseLocked)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bad_key(k: &[u8]) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        1,
+        rusqlite::types::Type::Blob,
+        format!("not an address key: {k:02x?}").into(),
+    )
+}
+
+fn lease_of_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+    let key = row.get_ref(1)?.as_blob()?;
+    let address = addr_of_key(key).ok_or_else(|| bad_key(key))?;
+    Ok(Lease {
+        network: row.get(0)?,
+        address,
+        prefix_len: row.get(2)?,
+        owner: row.get(3)?,
+        ifname: row.get(4)?,
+        netns: row.get(5)?,
+        created: row.get::<_, i64>(6)?.max(0) as u64,
+    })
+}
+
+fn attachment_of_row(row: &Row<'_>) -> rusqlite::Result<Attachment> {
+    Ok(Attachment {
+        owner: row.get(0)?,
+        network: row.get(1)?,
+        ifname: row.get(2)?,
+        netns: row.get(3)?,
+        created: row.get::<_, i64>(4)?.max(0) as u64,
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IpamError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IpamError::Store(format!("{}: {e}", dir.display())))
+}
+
+impl SqliteStore {
+    /// Opens (creating it and the directory if needed) `<state_dir>/leases.db`.
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, IpamError> {
+        let new_dir = !state_dir.is_dir();
+        fs::create_dir_all(state_dir)
+            .map_err(|e| IpamError::Store(format!("{}: {e}", state_dir.display())))?;
+        let path = state_dir.join(DB_FILE);
+        let new_file = !path.exists();
+        let at = |e: rusqlite::Error| match db(e) {
+            IpamError::Store(m) => IpamError::Store(format!("{}: {m}", path.display())),
+            other => other,
+        };
+        let mut conn = Connection::open(&path).map_err(at)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(at)?;
+        // Under WAL, synchronous=NORMAL fsyncs only at checkpoints: a commit is
+        // consistent but not durable, and power loss can roll back the last leases
+        // even though reserve() returned them and the container is using the
+        // addresses. FULL fsyncs the WAL on every commit, so a lease we reported is
+        // on disk. The cost (one fsync per attach/release) is small next to
+        // creating a link.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(at)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(at)?;
+        if version != SCHEMA_VERSION {
+            init(&mut conn).map_err(|e| match e {
+                IpamError::Store(m) => IpamError::Store(format!("{}: {m}", path.display())),
+                other => other,
+            })?;
+        }
+        if new_file {
+            // The file's directory entry must survive power loss too.
+            sync_dir(state_dir)?;
+            if new_dir {
+                if let Some(parent) = state_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    sync_dir(parent)?;
+                }
+            }
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction rolled the transaction back when it unwound.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Switches a new database to WAL and creates the schema; several processes may
+/// do this at once on a fresh file.
+fn init(conn: &mut Connection) -> Result<(), IpamError> {
+    // WAL is a property of the file and persists. Switching needs the file to
+    // itself, and SQLite may report "busy" at once instead of waiting, so retry.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => break,
+            Ok(mode) => {
+                return Err(IpamError::Store(format!(
+                    "cannot use WAL journaling (journal mode is {mode})"
+                )))
+            }
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(IpamError::Store(format!(
+            "schema version {version} is newer than this netattach knows ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA).map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
+/// The first free address of `lo..=hi` (integers of one family) that is not
+/// excluded, walking the index upwards from `lo` and stopping at the first gap.
+fn find_free(
+    tx: &Transaction<'_>,
+    network: &str,
+    ipv6: bool,
+    lo: u128,
+    hi: u128,
+    excluded: &[u128],
+) -> rusqlite::Result<Option<u128>> {
+    let skip = |mut c: u128| -> Option<u128> {
+        while excluded.binary_search(&c).is_ok() {
+            c = c.checked_add(1)?;
+        }
+        (c <= hi).then_some(c)
+    };
+    let Some(mut cand) = skip(lo) else {
+        return Ok(None);
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT key FROM leases WHERE network = ?1 AND key >= ?2 AND key <= ?3 ORDER BY key",
+    )?;
+    let mut rows = stmt.query(params![network, key_of(ipv6, cand), key_of(ipv6, hi)])?;
+    while let Some(row) = rows.next()? {
+        let key = row.get_ref(0)?.as_blob()?;
+        let (_, taken) = decode_key(key).ok_or_else(|| bad_key(key))?;
+        if taken < cand {
+            continue; // skipped over as excluded
+        }
+        if taken > cand {
+            break; // a gap: cand is free
+        }
+        match cand.checked_add(1).and_then(skip) {
+            Some(next) => cand = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(cand))
+}
+
+/// Picks the next free address of one family's ranges (in order, round-robin from
+/// each range's cursor) and moves that range's cursor to it.
+fn allocate<'r>(
+    tx: &Transaction<'_>,
+    network: &str,
+    ranges: &'r [PoolRange],
+) -> Result<(IpAddr, &'r PoolRange), IpamError> {
+    if ranges.is_empty() {
+        return Err(IpamError::Store(format!(
+            "network {network}: pool request without a range"
+        )));
+    }
+    for r in ranges {
+        let Some((lo, hi)) = r.bounds() else {
+            continue;
+        };
+        let v6 = r.is_ipv6();
+        let excluded = r.excluded_u128();
+        let label = r.range.to_string();
+        let cursor: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT last FROM cursors WHERE network = ?1 AND range = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![network, label], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(db)?;
+        let cursor = cursor
+            .as_deref()
+            .and_then(decode_key)
+            .filter(|&(cv6, c)| cv6 == v6 && (lo..=hi).contains(&c))
+            .map(|(_, c)| c);
+        let found = match cursor {
+            Some(c) => {
+                let after = if c < hi {
+                    find_free(tx, network, v6, c + 1, hi, &excluded).map_err(db)?
+                } else {
+                    None
+                };
+                match after {
+                    Some(a) => Some(a),
+                    None => find_free(tx, network, v6, lo, c, &excluded).map_err(db)?,
+                }
+            }
+            None => find_free(tx, network, v6, lo, hi, &excluded).map_err(db)?,
+        };
+        if let Some(value) = found {
+            tx.prepare_cached(
+                "INSERT INTO cursors (network, range, last) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (network, range) DO UPDATE SET last = excluded.last",
+            )
+            .and_then(|mut s| s.execute(params![network, label, key_of(v6, value)]))
+            .map_err(db)?;
+            let addr = u128_to_addr(value, v6)
+                .ok_or_else(|| IpamError::Store(format!("address {value} out of range")))?;
+            return Ok((addr, r));
+        }
+    }
+    Err(IpamError::Exhausted {
+        network: network.to_string(),
+        range: ranges_label(ranges),
+    })
+}
+
+fn insert_lease(tx: &Transaction<'_>, lease: &Lease) -> Result<(), IpamError> {
+    tx.prepare_cached(
+        "INSERT INTO leases (network, key, address, prefix_len, owner, ifname, netns, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            lease.network,
+            key_of_addr(lease.address),
+            lease.address.to_string(),
+            lease.prefix_len,
+            lease.owner,
+            lease.ifname,
+            lease.netns,
+            lease.created as i64,
+        ])
+    })
+    .map(drop)
+    .map_err(db)
+}
+
+fn sort_leases(mut leases: Vec<Lease>) -> Vec<Lease> {
+    leases.sort_by(|a, b| (&a.network, a.address).cmp(&(&b.network, b.address)));
+    leases
+}
+
+/// Runs a `DELETE ... RETURNING <lease columns>` and collects the leases.
+fn delete_leases(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Lease>, IpamError> {
+    let mut stmt = tx.prepare_cached(sql).map_err(db)?;
+    let rows = stmt.query_map(params, lease_of_row).map_err(db)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+}
+
+impl LeaseStore for SqliteStore {
+    fn reserve(
+        &self,
+        owner: &str,
+        netns: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<Vec<Lease>>, IpamError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let created = now();
+        let lease = |claim: &Claim, address: IpAddr, prefix_len: u8| Lease {
+            network: claim.network.clone(),
+            address,
+            prefix_len,
+            owner: owner.to_string(),
+            ifname: claim.ifname.clone(),
+            netns: netns.to_string(),
+            created,
+        };
+        let mut out: Vec<Vec<Option<Lease>>> =
+            claims.iter().map(|c| vec![None; c.wants.len()]).collect();
+
+        // Attachments and requested addresses first, so that a pooled pick in this
+        // same reservation cannot take an address one of its claims asks for.
+        for (ci, claim) in claims.iter().enumerate() {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO attachments (owner, network, ifname, netns, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (owner, network) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        owner,
+                        claim.network,
+                        claim.ifname,
+                        netns,
+                        created as i64
+                    ])
+                })
+                .map_err(db)?;
+            if inserted == 0 {
+                return Err(IpamError::Store(format!(
+                    "owner {owner} already attached to network {}",
+                    claim.network
+                )));
+            }
+            for (wi, want) in claim.wants.iter().enumerate() {
+                let Want::Address { address, subnet } = want else {
+                    continue;
+                };
+                let holder: Option<(String, String)> = tx
+                    .prepare_cached(
+                        "SELECT owner, ifname FROM leases WHERE network = ?1 AND key = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![claim.network, key_of_addr(*address)], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(db)?;
+                if let Some((h_owner, h_ifname)) = holder {
+                    return Err(IpamError::Taken {
+                        network: claim.network.clone(),
+                        address: *address,
+                        holder: format!("{h_owner} ({h_ifname})"),
+                    });
+                }
+                let l = lease(claim, *address, subnet.prefix_len());
+                insert_lease(&tx, &l)?;
+                out[ci][wi] = Some(l);
+            }
+        }
+        for (ci, claim) in claims.iter().enumerate() {
+            for (wi, want) in claim.wants.iter().enumerate() {
+                let Want::Pool { ranges } = want else {
+                    continue;
+                };
+                let (address, range) = allocate(&tx, &claim.network, ranges)?;
+                let l = lease(claim, address, range.subnet.prefix_len());
+                insert_lease(&tx, &l)?;
+                out[ci][wi] = Some(l);
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(out
+            .into_iter()
+            .map(|c| c.into_iter().flatten().collect())
+            .collect())
+    }
+
+    fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE owner = ?1 ORDER BY network"
+            ))
+            .map_err(db)?;
+        let rows = stmt.query_map([owner], attachment_of_row).map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+    }
+
+    fn attachments(&self) -> Result<Vec<Attachment>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {ATTACHMENT_COLUMNS} FROM attachments ORDER BY owner, network"
+            ))
+            .map_err(db)?;
+        let rows = stmt.query_map([], attachment_of_row).map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+    }
+
+    fn release_networks(&self, owner: &str, networks: &[String]) -> Result<Vec<Lease>, IpamError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut freed = Vec::new();
+        for network in networks {
+            freed.extend(delete_leases(
+                &tx,
+                &format!("DELETE FROM leases WHERE owner = ?1 AND network = ?2 RETURNING {LEASE_COLUMNS}"),
+                params![owner, network],
+            )?);
+            tx.prepare_cached("DELETE FROM attachments WHERE owner = ?1 AND network = ?2")
+                .and_then(|mut s| s.execute(params![owner, network]))
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(sort_leases(freed))
+    }
+
+    fn release_owner(&self, owner: &str) -> Result<Vec<Lease>, IpamError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let freed = delete_leases(
+            &tx,
+            &format!("DELETE FROM leases WHERE owner = ?1 RETURNING {LEASE_COLUMNS}"),
+            [owner],
+        )?;
+        tx.prepare_cached("DELETE FROM attachments WHERE owner = ?1")
+            .and_then(|mut s| s.execute([owner]))
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(sort_leases(freed))
+    }
+
+    fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let freed = delete_leases(
+            &tx,
+            &format!(
+                "DELETE FROM leases WHERE network = ?1 AND key = ?2 RETURNING {LEASE_COLUMNS}"
+            ),
+            params![network, key_of_addr(address)],
+        )?;
+        tx.commit().map_err(db)?;
+        Ok(freed.into_iter().next())
+    }
+
+    fn leases(&self, network: Option<&str>) -> Result<Vec<Lease>, IpamError> {
+        let conn = self.conn();
+        let (sql, params): (String, Vec<&str>) = match network {
+            Some(n) => (
+                format!("SELECT {LEASE_COLUMNS} FROM leases WHERE network = ?1 ORDER BY key"),
+                vec![n],
+            ),
+            None => (
+                format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY network, key"),
+                vec![],
+            ),
+        };
+        let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(params), lease_of_row)
+            .map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    use ipnet::IpNet;
+
+    use super::*;
+    use crate::config::{Driver, IpamMode, Network, Subnet};
+    use crate::ipam::pool::pools_of;
+
+    /// A unique temporary state directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "netattach-ipam-{}-{tag}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn subnet(s: &str, gw: Option<&str>, range: Option<&str>, aux: &[&str]) -> Subnet {
+        Subnet {
+            subnet: net(s),
+            gateway: gw.map(ip),
+            ip_range: range.map(net),
+            aux_addresses: aux
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("aux{i}"), ip(a)))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn network(name: &str, subnets: Vec<Subnet>, ipam: IpamMode) -> Network {
+        Network {
+            name: name.into(),
+            driver: Driver::Macvlan,
+            parent: "eth0".into(),
+            mode: None,
+            flag: None,
+            mtu: None,
+            subnets,
+            internal: false,
+            ipam,
+        }
+    }
+
+    /// The claim an attach of `n` makes: one pooled address per family.
+    fn pool_claim(n: &Network) -> Claim {
+        Claim {
+            network: n.name.clone(),
+            ifname: "eth0".into(),
+            wants: pools_of(n)
+                .into_iter()
+                .map(|ranges| Want::Pool { ranges })
+                .collect(),
+        }
+    }
+
+    fn take(store: &SqliteStore, owner: &str, n: &Network) -> Result<Vec<IpAddr>, IpamError> {
+        let got = store.reserve(owner, "/proc/1/ns/net", &[pool_claim(n)])?;
+        Ok(got[0].iter().map(|l| l.address).collect())
+    }
+
+    fn take1(store: &SqliteStore, owner: &str, n: &Network) -> IpAddr {
+        let got = take(store, owner, n).unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        got[0]
+    }
+
+    #[test]
+    fn key_order_and_round_trip() {
+        let addrs = [
+            "0.0.0.0",
+            "10.0.0.2",
+            "10.0.0.10",
+            "255.255.255.255",
+            "::",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ];
+        let keys: Vec<Key> = addrs.iter().map(|a| key_of_addr(ip(a))).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        for a in addrs {
+            assert_eq!(addr_of_key(&key_of_addr(ip(a))), Some(ip(a)));
+        }
+        assert_eq!(addr_of_key(&[4u8; 3]), None);
+    }
+
+    #[test]
+    fn open_creates_and_reopens() {
+        let dir = TempDir::new("open");
+        let deep = dir.0.join("a/b");
+        let s = SqliteStore::open(&deep).unwrap();
+        assert!(deep.join(DB_FILE).exists());
+        let n = network(
+            "n1",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        assert_eq!(take1(&s, "c1", &n), ip("10.0.0.1"));
+        drop(s);
+        let s = SqliteStore::open(&deep).unwrap();
+        let mode: String = s
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = s
+            .conn()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        assert_eq!(s.leases(None).unwrap().len(), 1);
+        assert_eq!(
+            take1(&s, "c2", &n),
+            ip("10.0.0.2"),
+            "the cursor survives a reopen"
+        );
+    }
+
+    #[test]
+    fn static_lease_and_taken_names_holder() {
+        let dir = TempDir::new("static");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let claim = |ifname: &str| Claim {
+            network: "lan".into(),
+            ifname: ifname.into(),
+            wants: vec![Want::Address {
+                address: ip("192.168.32.140"),
+                subnet: net("192.168.32.0/24"),
+            }],
+        };
+        let got = s
+            .reserve("ctr-a", "/run/netns/a", &[claim("eth1")])
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        let l = &got[0][0];
+        assert_eq!((l.address, l.prefix_len), (ip("192.168.32.140"), 24));
+        assert_eq!(
+            (l.owner.as_str(), l.ifname.as_str(), l.netns.as_str()),
+            ("ctr-a", "eth1", "/run/netns/a")
+        );
+        assert_eq!(s.leases(Some("lan")).unwrap(), got[0]);
+
+        let err = s
+            .reserve("ctr-b", "/run/netns/b", &[claim("eth0")])
+            .unwrap_err();
+        assert!(matches!(err, IpamError::Taken { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "address 192.168.32.140 of network lan is taken by ctr-a (eth1)"
+        );
+        assert!(
+            s.attachments_of("ctr-b").unwrap().is_empty(),
+            "failed reserve left an attachment"
+        );
+
+        // A pooled allocation never hands out the requested address.
+        let n = network(
+            "lan",
+            vec![subnet(
+                "192.168.32.0/24",
+                None,
+                Some("192.168.32.140/31"),
+                &[],
+            )],
+            IpamMode::Pool,
+        );
+        assert_eq!(take1(&s, "ctr-c", &n), ip("192.168.32.141"));
+        let err = take(&s, "ctr-d", &n).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no free address in 192.168.32.140/31 of lan"
+        );
+
+        // Same owner attached twice to one network is refused.
+        let err = s
+            .reserve("ctr-a", "/run/netns/a", &[claim("eth1")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lease store: owner ctr-a already attached to network lan"
+        );
+    }
+
+    #[test]
+    fn pooled_request_in_same_reservation_does_not_take_a_requested_address() {
+        let dir = TempDir::new("same");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let claim = Claim {
+            network: "n".into(),
+            ifname: "eth0".into(),
+            wants: vec![
+                Want::Pool {
+                    ranges: pools_of(&n).remove(0),
+                },
+                Want::Address {
+                    address: ip("10.0.0.1"),
+                    subnet: net("10.0.0.0/24"),
+                },
+            ],
+        };
+        let got = s.reserve("o", "ns", &[claim]).unwrap();
+        let addrs: Vec<IpAddr> = got[0].iter().map(|l| l.address).collect();
+        assert_eq!(
+            addrs,
+            vec![ip("10.0.0.2"), ip("10.0.0.1")],
+            "results in the order of the wants"
+        );
+    }
+
+    #[test]
+    fn pool_skips_network_broadcast_gateway_aux() {
+        let dir = TempDir::new("skip");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n",
+            vec![subnet(
+                "10.0.0.0/29",
+                Some("10.0.0.1"),
+                None,
+                &["10.0.0.3", "10.0.0.6"],
+            )],
+            IpamMode::Pool,
+        );
+        let got: Vec<IpAddr> = (0..3).map(|i| take1(&s, &format!("c{i}"), &n)).collect();
+        assert_eq!(got, vec![ip("10.0.0.2"), ip("10.0.0.4"), ip("10.0.0.5")]);
+        let err = take(&s, "c9", &n).unwrap_err();
+        assert!(matches!(err, IpamError::Exhausted { .. }));
+        assert_eq!(err.to_string(), "no free address in 10.0.0.0/29 of n");
+    }
+
+    #[test]
+    fn ip_range_honoured() {
+        let dir = TempDir::new("range");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "lan",
+            vec![subnet(
+                "192.168.32.0/24",
+                Some("192.168.32.254"),
+                Some("192.168.32.252/30"),
+                &["192.168.32.253"],
+            )],
+            IpamMode::Pool,
+        );
+        assert_eq!(take1(&s, "a", &n), ip("192.168.32.252"));
+        let err = take(&s, "b", &n).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no free address in 192.168.32.252/30 of lan"
+        );
+        let leases = s.leases(Some("lan")).unwrap();
+        assert_eq!(
+            leases[0].prefix_len, 24,
+            "prefix of the subnet, not the range"
+        );
+    }
+
+    #[test]
+    fn round_robin_and_wrap_around() {
+        let dir = TempDir::new("rr");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n",
+            vec![subnet("10.0.0.0/29", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let a = take1(&s, "a", &n);
+        let b = take1(&s, "b", &n);
+        assert_eq!((a, b), (ip("10.0.0.1"), ip("10.0.0.2")));
+        assert_eq!(s.release_owner("a").unwrap().len(), 1);
+        assert_eq!(
+            take1(&s, "c", &n),
+            ip("10.0.0.3"),
+            "a freed address is not reused at once"
+        );
+        for (o, want) in [("d", "10.0.0.4"), ("e", "10.0.0.5"), ("f", "10.0.0.6")] {
+            assert_eq!(take1(&s, o, &n), ip(want));
+        }
+        // End of range reached: wrap to the start, where .1 is free.
+        assert_eq!(take1(&s, "g", &n), ip("10.0.0.1"));
+        assert_eq!(
+            s.release_address("n", ip("10.0.0.4"))
+                .unwrap()
+                .unwrap()
+                .owner,
+            "d"
+        );
+        assert_eq!(s.release_address("n", ip("10.0.0.4")).unwrap(), None);
+        assert_eq!(take1(&s, "h", &n), ip("10.0.0.4"));
+        assert!(matches!(
+            take(&s, "i", &n),
+            Err(IpamError::Exhausted { .. })
+        ));
+        // Releasing the address at the cursor makes it the last choice, not the next.
+        s.release_address("n", ip("10.0.0.4")).unwrap();
+        s.release_address("n", ip("10.0.0.2")).unwrap();
+        assert_eq!(take1(&s, "j", &n), ip("10.0.0.2"));
+        assert_eq!(take1(&s, "k", &n), ip("10.0.0.4"));
+    }
+
+    #[test]
+    fn exhaustion_message() {
+        let dir = TempDir::new("full");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n1",
+            vec![subnet("10.0.0.0/30", None, None, &[])],
+            IpamMode::Pool,
+        );
+        take1(&s, "a", &n);
+        take1(&s, "b", &n);
+        let err = take(&s, "c", &n).unwrap_err();
+        assert_eq!(err.to_string(), "no free address in 10.0.0.0/30 of n1");
+        assert!(s.attachments_of("c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn dual_stack_gets_one_of_each() {
+        let dir = TempDir::new("dual");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "lan",
+            vec![
+                subnet("2001:db8::/64", Some("2001:db8::1"), None, &[]),
+                subnet("192.168.32.0/24", Some("192.168.32.1"), None, &[]),
+            ],
+            IpamMode::Pool,
+        );
+        let got = s.reserve("c", "ns", &[pool_claim(&n)]).unwrap();
+        let got: Vec<(IpAddr, u8)> = got[0].iter().map(|l| (l.address, l.prefix_len)).collect();
+        assert_eq!(got, vec![(ip("192.168.32.2"), 24), (ip("2001:db8::2"), 64)]);
+        let all = s.leases(None).unwrap();
+        assert_eq!(
+            all.iter().map(|l| l.address).collect::<Vec<_>>(),
+            vec![ip("192.168.32.2"), ip("2001:db8::2")]
+        );
+    }
+
+    #[test]
+    fn multi_subnet_falls_over_in_order() {
+        let dir = TempDir::new("multi");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n1",
+            vec![
+                subnet("10.0.0.0/30", None, None, &[]),
+                subnet("10.0.1.0/30", Some("10.0.1.1"), None, &[]),
+            ],
+            IpamMode::Pool,
+        );
+        let got: Vec<IpAddr> = (0..3).map(|i| take1(&s, &format!("c{i}"), &n)).collect();
+        assert_eq!(got, vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.1.2")]);
+        let leases = s.leases(Some("n1")).unwrap();
+        assert_eq!(leases.len(), 3);
+        let err = take(&s, "c9", &n).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no free address in 10.0.0.0/30, 10.0.1.0/30 of n1"
+        );
+        // Room in the first subnet again: it is preferred.
+        s.release_owner("c0").unwrap();
+        assert_eq!(take1(&s, "c10", &n), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn static_network_hands_out_nothing() {
+        let dir = TempDir::new("staticnet");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "st",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Static,
+        );
+        let got = s.reserve("c", "ns", &[pool_claim(&n)]).unwrap();
+        assert_eq!(got, vec![Vec::<Lease>::new()]);
+        assert!(s.leases(None).unwrap().is_empty());
+        assert_eq!(
+            s.attachments_of("c").unwrap().len(),
+            1,
+            "the attachment is still recorded"
+        );
+    }
+
+    #[test]
+    fn release_owner_and_networks() {
+        let dir = TempDir::new("release");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let a = network(
+            "a",
+            vec![
+                subnet("10.0.0.0/24", None, None, &[]),
+                subnet("fd00::/64", None, None, &[]),
+            ],
+            IpamMode::Pool,
+        );
+        let b = network(
+            "b",
+            vec![subnet("10.1.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let mut cb = pool_claim(&b);
+        cb.ifname = "eth1".into();
+        s.reserve("x", "nsx", &[pool_claim(&a), cb.clone()])
+            .unwrap();
+        s.reserve("y", "nsy", &[pool_claim(&a)]).unwrap();
+        let atts = s.attachments().unwrap();
+        let keys: Vec<(&str, &str)> = atts
+            .iter()
+            .map(|t| (t.owner.as_str(), t.network.as_str()))
+            .collect();
+        assert_eq!(keys, vec![("x", "a"), ("x", "b"), ("y", "a")]);
+        assert_eq!(s.attachments_of("x").unwrap()[1].ifname, "eth1");
+
+        let freed = s
+            .release_networks("x", &["b".to_string(), "nope".to_string()])
+            .unwrap();
+        assert_eq!(
+            freed.iter().map(|l| l.address).collect::<Vec<_>>(),
+            vec![ip("10.1.0.1")]
+        );
+        assert_eq!(s.attachments_of("x").unwrap().len(), 1);
+
+        let freed = s.release_owner("x").unwrap();
+        assert_eq!(
+            freed.iter().map(|l| l.address).collect::<Vec<_>>(),
+            vec![ip("10.0.0.1"), ip("fd00::1")]
+        );
+        assert!(s.attachments_of("x").unwrap().is_empty());
+        assert!(s.release_owner("x").unwrap().is_empty());
+        assert!(s.leases(None).unwrap().iter().all(|l| l.owner == "y"));
+        assert_eq!(s.leases(Some("a")).unwrap().len(), 2);
+        // Re-attaching after release works.
+        s.reserve("x", "nsx", &[cb]).unwrap();
+    }
+
+    #[test]
+    fn atomic_claim() {
+        let dir = TempDir::new("atomic");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        s.reserve(
+            "holder",
+            "ns",
+            &[Claim {
+                network: "m".into(),
+                ifname: "eth0".into(),
+                wants: vec![Want::Address {
+                    address: ip("10.9.0.9"),
+                    subnet: net("10.9.0.0/24"),
+                }],
+            }],
+        )
+        .unwrap();
+        let claims = [
+            pool_claim(&n),
+            Claim {
+                network: "m".into(),
+                ifname: "eth1".into(),
+                wants: vec![
+                    Want::Address {
+                        address: ip("10.9.0.8"),
+                        subnet: net("10.9.0.0/24"),
+                    },
+                    Want::Address {
+                        address: ip("10.9.0.9"),
+                        subnet: net("10.9.0.0/24"),
+                    },
+                ],
+            },
+        ];
+        let err = s.reserve("c", "ns", &claims).unwrap_err();
+        assert!(matches!(err, IpamError::Taken { .. }), "{err:?}");
+        assert!(s.attachments_of("c").unwrap().is_empty());
+        assert!(s.leases(Some("n")).unwrap().is_empty());
+        assert_eq!(s.leases(Some("m")).unwrap().len(), 1);
+        // The cursor did not move either: the next allocation starts at .1.
+        assert_eq!(take1(&s, "d", &n), ip("10.0.0.1"));
+    }
+
+    /// Reserve/release cycles against one state dir; returns (successes, exhausted).
+    /// `held` marks an address as held by creating `<held>/<addr>` with O_EXCL, so a
+    /// duplicate is caught across threads and processes alike.
+    fn churn(state: &Path, held: &Path, worker: usize, cycles: usize) -> (usize, usize) {
+        let s = SqliteStore::open(state).unwrap();
+        let n = network(
+            "n",
+            vec![subnet("10.0.0.0/29", Some("10.0.0.1"), None, &[])],
+            IpamMode::Pool,
+        );
+        let (mut ok, mut full) = (0, 0);
+        for c in 0..cycles {
+            let owner = format!("w{worker}-{}-c{c}", std::process::id());
+            match take(&s, &owner, &n) {
+                Ok(addrs) => {
+                    ok += 1;
+                    let marker = held.join(addrs[0].to_string());
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&marker)
+                        .unwrap_or_else(|e| panic!("{} handed out twice: {e}", addrs[0]));
+                    std::thread::yield_now();
+                    fs::remove_file(&marker).unwrap();
+                    assert_eq!(s.release_owner(&owner).unwrap().len(), 1);
+                }
+                Err(IpamError::Exhausted { .. }) => full += 1,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        (ok, full)
+    }
+
+    #[test]
+    fn many_threads_never_share_an_address() {
+        let dir = TempDir::new("threads");
+        let held = dir.0.join("held");
+        fs::create_dir_all(&held).unwrap();
+        let state = dir.0.join("state");
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|w| {
+                let (state, held, barrier) = (state.clone(), held.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait(); // everyone opens the fresh database at once
+                    churn(&state, &held, w, 50)
+                })
+            })
+            .collect();
+        let (mut ok, mut full) = (0, 0);
+        for h in handles {
+            let (o, f) = h.join().unwrap();
+            ok += o;
+            full += f;
+        }
+        eprintln!("threads: {ok} reservations, {full} exhausted");
+        assert!(ok > 0);
+        let s = SqliteStore::open(&state).unwrap();
+        assert!(s.leases(None).unwrap().is_empty());
+        assert!(s.attachments().unwrap().is_empty());
+    }
+
+    const CHILD_ENV: &str = "NETATTACH_IPAM_TEST_CHILD";
+
+    /// The body of a child process of `many_processes_never_share_an_address`; a
+    /// no-op when run as a normal test.
+    #[test]
+    fn child_worker() {
+        let Ok(arg) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let mut parts = arg.splitn(3, '\n');
+        let worker: usize = parts.next().unwrap().parse().unwrap();
+        let state = PathBuf::from(parts.next().unwrap());
+        let held = PathBuf::from(parts.next().unwrap());
+        let (ok, full) = churn(&state, &held, worker, 50);
+        eprintln!("child {worker}: {ok} reservations, {full} exhausted");
+    }
+
+    #[test]
+    fn many_processes_never_share_an_address() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            return;
+        }
+        let dir = TempDir::new("procs");
+        let held = dir.0.join("held");
+        fs::create_dir_all(&held).unwrap();
+        let state = dir.0.join("state");
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..6)
+            .map(|w| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "ipam::sqlite::tests::child_worker",
+                        "--test-threads=1",
+                        "--nocapture",
+                        "-q",
+                    ])
+                    .env(
+                        CHILD_ENV,
+                        format!("{w}\n{}\n{}", state.display(), held.display()),
+                    )
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "a child process failed");
+        }
+        let s = SqliteStore::open(&state).unwrap();
+        assert!(s.leases(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn timing_sanity() {
+        let dir = TempDir::new("timing");
+        let t = Instant::now();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let open_new = t.elapsed();
+        let n = network(
+            "big",
+            vec![subnet("10.0.0.0/16", Some("10.0.0.1"), None, &[])],
+            IpamMode::Pool,
+        );
+        let ranges = pools_of(&n).remove(0);
+        let bulk = Claim {
+            network: "big".into(),
+            ifname: "eth0".into(),
+            wants: vec![Want::Pool { ranges }; 30_000],
+        };
+        let t = Instant::now();
+        s.reserve("bulk", "ns", &[bulk]).unwrap();
+        let bulk_time = t.elapsed();
+        drop(s);
+        let t = Instant::now();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let open_again = t.elapsed();
+        let t = Instant::now();
+        let mut seen = HashSet::new();
+        for i in 0..20 {
+            assert!(seen.insert(take1(&s, &format!("c{i}"), &n)));
+        }
+        let per_reserve = t.elapsed() / 20;
+        // Worst case for the index walk: cursor wrapped, a 30 000-lease run to skip.
+        s.conn()
+            .execute(
+                "UPDATE cursors SET last = ?1",
+                [key_of_addr(ip("10.0.255.254"))],
+            )
+            .unwrap();
+        let t = Instant::now();
+        assert_eq!(take1(&s, "wrap", &n), ip("10.0.117.70"));
+        let wrap = t.elapsed();
+        let t = Instant::now();
+        for i in 0..20 {
+            s.release_owner(&format!("c{i}")).unwrap();
+        }
+        let per_release = t.elapsed() / 20;
+        let t = Instant::now();
+        assert_eq!(s.leases(Some("big")).unwrap().len(), 30_001);
+        let list = t.elapsed();
+        eprintln!(
+            "timing (30k leases): open new {open_new:?}, open existing {open_again:?}, \
+             bulk 30k {bulk_time:?}, reserve {per_reserve:?}, release {per_release:?}, \
+             reserve after wrap over 30k run {wrap:?}, list {list:?}"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! `netattach attach` and `detach`: the hook's work, by hand.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+
+use super::{print_table, Context};
+use crate::engine;
+use crate::netns::Netns;
+use crate::request::{self, NetworkRequest};
+
+#[derive(Args)]
+pub struct AttachArgs {
+    /// The network namespace to attach (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    #[arg(long)]
+    netns: PathBuf,
+    /// Owner id of the leases (default: the netns path).
+    #[arg(long)]
+    id: Option<String>,
+    /// Static address(es) to use instead of pooled ones.
+    #[arg(long)]
+    ip: Vec<String>,
+    /// MAC address of the interface (macvlan).
+    #[arg(long)]
+    mac: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// NETWORK or NETWORK@IFNAME.
+    network: String,
+}
+
+#[derive(Args)]
+pub struct DetachArgs {
+    /// Owner id given to attach.
+    #[arg(long, required_unless_present = "netns")]
+    id: Option<String>,
+    /// The netns given to attach (its interfaces are removed if it still exists).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+}
+
+pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
+    // The same grammar and checks as the annotation: build its JSON form.
+    let (name, interface) = match args.network.split_once('@') {
+        Some((n, i)) => (n.to_string(), Some(i.to_string())),
+        None => (args.network.clone(), None),
+    };
+    let mut entry = serde_json::json!({ "name": name });
+    if let Some(i) = interface {
+        entry["interface"] = i.into();
+    }
+    if !args.ip.is_empty() {
+        entry["ips"] = args.ip.clone().into();
+    }
+    if let Some(mac) = &args.mac {
+        entry["mac"] = mac.clone().into();
+    }
+    let requests: Vec<NetworkRequest> = request::parse(&serde_json::json!([entry]).to_string())?;
+    let netns = Netns::open(&args.netns)
+        .map_err(|e| anyhow!("open network namespace {}: {e}", args.netns.display()))?;
+    let owner = args.id.unwrap_or_else(|| args.netns.display().to_string());
+    let store = ctx.store()?;
+    let links = engine::attach(&ctx.networks(), &store, &owner, &netns, &requests)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&links)?);
+    } else {
+        let rows: Vec<Vec<String>> = links
+            .iter()
+            .map(|l| vec![l.ifname.clone(), l.network.clone(), l.mac.clone(), l.addresses.join(",")])
+            .collect();
+        print_table(&["INTERFACE", "NETWORK", "MAC", "ADDRESSES"], &rows);
+    }
+    Ok(())
+}
+
+pub fn run_detach(ctx: &Context, args: DetachArgs) -> Result<()> {
+    let owner = match (&args.id, &args.netns) {
+        (Some(id), _) => id.clone(),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => bail!("give --id or --netns"),
+    };
+    let netns = args.netns.as_deref().and_then(|p| Netns::open(p).ok());
+    let freed = engine::detach(&ctx.store()?, &owner, netns.as_ref())?;
+    for lease in freed {
+        println!("released {} {}/{}", lease.network, lease.address, lease.prefix_len);
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `netattach hook [attach|release]`: the OCI runtime hook.
+
+use clap::{Args, ValueEnum};
+
+use super::Context;
+use crate::hook::{read_input, Verb};
+use crate::{engine, netns::Netns, request};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum HookVerb {
+    /// createRuntime / prestart: attach the container's networks.
+    Attach,
+    /// poststop: free the container's leases.
+    Release,
+}
+
+#[derive(Args)]
+pub struct HookArgs {
+    /// What to do; without it, a state with status "stopped" means release.
+    verb: Option<HookVerb>,
+}
+
+pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
+    let verb = args.verb.map(|v| match v {
+        HookVerb::Attach => Verb::Attach,
+        HookVerb::Release => Verb::Release,
+    });
+    let input = read_input(verb, std::io::stdin().lock())?;
+    let Some(value) = input.request else {
+        return Ok(()); // no annotation: not ours
+    };
+    match input.verb {
+        Verb::Attach => {
+            let requests = request::parse(&value)?;
+            let path = input.netns.expect("attach has a netns");
+            let netns = Netns::open(&path).map_err(|e| {
+                anyhow::anyhow!("open network namespace {}: {e}", path.display())
+            })?;
+            let store = ctx.store()?;
+            engine::attach(&ctx.networks(), &store, &input.container_id, &netns, &requests)?;
+        }
+        Verb::Release => {
+            engine::release(&ctx.store()?, &input.container_id)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The command-line verbs, one module each. They translate arguments into calls
+//! of the core and print the outcome; no logic of their own beyond that.
+
+pub mod attach;
+pub mod hook;
+pub mod lease;
+pub mod network;
+
+use std::path::PathBuf;
+
+use crate::config::NetworkDir;
+use crate::ipam::sqlite::SqliteStore;
+
+/// Default directory of leases and other state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netattach";
+
+/// Where definitions and state live, from flags or environment.
+pub struct Context {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Context {
+    pub fn networks(&self) -> NetworkDir {
+        NetworkDir::new(&self.config_dir)
+    }
+
+    pub fn store(&self) -> anyhow::Result<SqliteStore> {
+        Ok(SqliteStore::open(&self.state_dir)?)
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,192 @@
+//! The OCI hook face (SPEC §6): runc, crun, podman and CRI-O run
+//! `netattach hook attach` at createRuntime and `netattach hook release` at
+//! poststop, with the container's state on stdin.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{ContainerState, LinuxNamespaceType, Spec, State};
+
+use crate::request;
+
+/// What the hook was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Attach,
+    Release,
+}
+
+/// The parts of the runtime's state the hook acts on.
+#[derive(Debug)]
+pub struct HookInput {
+    pub verb: Verb,
+    pub container_id: String,
+    /// The `netattach/networks` annotation; `None` when absent (nothing to do).
+    pub request: Option<String>,
+    /// The container's network namespace (attach only).
+    pub netns: Option<PathBuf>,
+}
+
+/// Upper bound of the state document read from stdin: annotations are bounded
+/// by the runtime, this only keeps a runaway writer from exhausting memory.
+const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads the state from `input` and resolves everything the verb needs.
+/// `verb` is `None` when the runtime called `netattach hook` without one: then a
+/// stopped container means release.
+pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
+    let mut raw = Vec::new();
+    input
+        .take(MAX_STATE_BYTES)
+        .read_to_end(&mut raw)
+        .context("read the container state from stdin")?;
+    let state: State = serde_json::from_slice(&raw).context("parse the container state on stdin")?;
+    let verb = verb.unwrap_or(if *state.status() == ContainerState::Stopped {
+        Verb::Release
+    } else {
+        Verb::Attach
+    });
+    if state.id().is_empty() {
+        bail!("the container state on stdin has no id");
+    }
+    let mut spec = None;
+    let request = match annotation(state.annotations().as_ref()) {
+        Some(v) => Some(v),
+        None => {
+            // Older runtimes leave annotations out of the state: read the bundle.
+            let loaded = load_spec(state.bundle())?;
+            let value = annotation(loaded.as_ref().and_then(|s| s.annotations().as_ref()));
+            spec = loaded;
+            value
+        }
+    };
+    let netns = match (verb, &request) {
+        (Verb::Attach, Some(_)) => Some(netns_path(&state, &mut spec)?),
+        _ => None,
+    };
+    Ok(HookInput {
+        verb,
+        container_id: state.id().to_string(),
+        request,
+        netns,
+    })
+}
+
+fn annotation(annotations: Option<&HashMap<String, String>>) -> Option<String> {
+    annotations.and_then(|a| a.get(request::ANNOTATION)).cloned()
+}
+
+fn load_spec(bundle: &Path) -> Result<Option<Spec>> {
+    if bundle.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let path = bundle.join("config.json");
+    match Spec::load(&path) {
+        Ok(spec) => Ok(Some(spec)),
+        Err(oci_spec::OciSpecError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// The container's netns: `/proc/<pid>/ns/net` when the runtime gave a pid,
+/// else the path of the network namespace in the bundle's config.
+fn netns_path(state: &State, spec: &mut Option<Spec>) -> Result<PathBuf> {
+    if let Some(pid) = state.pid().filter(|p| *p > 0) {
+        return Ok(PathBuf::from(format!("/proc/{pid}/ns/net")));
+    }
+    if spec.is_none() {
+        *spec = load_spec(state.bundle())?;
+    }
+    let namespaces = spec
+        .as_ref()
+        .and_then(|s| s.linux().as_ref())
+        .and_then(|l| l.namespaces().as_ref());
+    let network = namespaces.and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    match network {
+        Some(ns) => match ns.path() {
+            Some(path) => Ok(path.clone()),
+            None => bail!(
+                "container {} has no pid in its state and no path for its network namespace",
+                state.id()
+            ),
+        },
+        None => bail!(
+            "container {} has no network namespace of its own; netattach will not touch the host's",
+            state.id()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_create_runtime_state_attaches_in_the_pid_netns() {
+        let state = r#"{"ociVersion":"1.0.2-dev","id":"c1","status":"creating","pid":4242,
+            "bundle":"/nonexistent","annotations":{"netattach/networks":"lan"}}"#;
+        let input = read_input(Some(Verb::Attach), state.as_bytes()).unwrap();
+        assert_eq!(input.container_id, "c1");
+        assert_eq!(input.request.as_deref(), Some("lan"));
+        assert_eq!(input.netns, Some(PathBuf::from("/proc/4242/ns/net")));
+    }
+
+    #[test]
+    fn stopped_state_without_verb_means_release() {
+        let state = r#"{"ociVersion":"1.0","id":"c1","status":"stopped","bundle":"/nonexistent",
+            "root":"/run/crun","annotations":{"netattach/networks":"lan"}}"#;
+        let input = read_input(None, state.as_bytes()).unwrap();
+        assert_eq!(input.verb, Verb::Release);
+        assert_eq!(input.netns, None);
+    }
+
+    #[test]
+    fn absent_annotation_is_nothing_to_do() {
+        let state = r#"{"ociVersion":"1.0","id":"c1","status":"created","pid":7,"bundle":""}"#;
+        let input = read_input(Some(Verb::Attach), state.as_bytes()).unwrap();
+        assert_eq!(input.request, None);
+        assert_eq!(input.netns, None);
+    }
+
+    #[test]
+    fn bundle_config_supplies_annotations_and_netns_path() {
+        let dir = std::env::temp_dir().join(format!("netattach-hook-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"netattach/networks":"lan@eth3"},
+               "linux":{"namespaces":[{"type":"network","path":"/run/netns/x"}]}}"#,
+        )
+        .unwrap();
+        let state = format!(
+            r#"{{"ociVersion":"1.0","id":"c2","status":"created","pid":0,"bundle":"{}"}}"#,
+            dir.display()
+        );
+        let input = read_input(Some(Verb::Attach), state.as_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let input = input.unwrap();
+        assert_eq!(input.request.as_deref(), Some("lan@eth3"));
+        assert_eq!(input.netns, Some(PathBuf::from("/run/netns/x")));
+    }
+
+    #[test]
+    fn container_without_its_own_netns_is_refused() {
+        let dir = std::env::temp_dir().join(format!("netattach-hook-test2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"netattach/networks":"lan"},
+               "linux":{"namespaces":[{"type":"mount"}]}}"#,
+        )
+        .unwrap();
+        let state = format!(
+            r#"{{"ociVersion":"1.0","id":"c3","status":"created","bundle":"{}"}}"#,
+            dir.display()
+        );
+        let err = read_input(Some(Verb::Attach), state.as_bytes()).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.to_string().contains("no network namespace of its own"), "{err}");
+    }
+}

@@ -1,0 +1,208 @@
+//! Links: look up, create (macvlan, ipvlan, 802.1Q), rename, bring up, delete.
+
+use std::os::fd::RawFd;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode,
+    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{Netlink, Result};
+
+/// What we need to know of an existing link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The `kind` of a virtual link (`macvlan`, `ipvlan`, `vlan`, `veth`...).
+    pub kind: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub up: bool,
+    /// The lower device's ifindex, for stacked links.
+    pub lower: Option<u32>,
+    /// 802.1Q VLAN id, for vlan links.
+    pub vlan_id: Option<u16>,
+}
+
+/// The driver-specific part of a new link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    Macvlan(MacVlanMode),
+    Ipvlan(IpVlanMode, IpVlanFlags),
+}
+
+/// A link to create on top of `lower` (an ifindex in the socket's namespace).
+#[derive(Debug, Clone)]
+pub struct NewLink<'a> {
+    pub name: &'a str,
+    pub lower: u32,
+    pub kind: LinkKind,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    /// Create the link directly in this namespace (`IFLA_NET_NS_FD`).
+    pub netns_fd: Option<RawFd>,
+}
+
+fn link_message(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: None,
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            lower: None,
+            vlan_id: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::Mtu(m) => link.mtu = Some(m),
+                LinkAttribute::Address(a) => link.mac = a.try_into().ok(),
+                LinkAttribute::Link(l) => link.lower = Some(l),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            NlLinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            NlLinkInfo::Data(InfoData::Vlan(v)) => {
+                                link.vlan_id = v.iter().find_map(|i| match i {
+                                    InfoVlan::Id(id) => Some(*id),
+                                    _ => None,
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn is_no_device(e: &super::NetlinkError) -> bool {
+    e.errno() == Some(libc::ENODEV)
+}
+
+impl Netlink {
+    /// The link called `name`, if there is one.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut msg = link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.get(&format!("look up link {name}"), RouteNetlinkMessage::GetLink(msg)) {
+            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
+            Ok(_) => Ok(None),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with ifindex `index`, if there is one.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let msg = link_message(index);
+        match self.get(&format!("look up link #{index}"), RouteNetlinkMessage::GetLink(msg)) {
+            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
+            Ok(_) => Ok(None),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let replies = self.dump("list links", RouteNetlinkMessage::GetLink(link_message(0)))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(m) => Some(Link::from_message(m)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a macvlan or ipvlan link; fails if the name is taken.
+    pub fn create_link(&mut self, new: &NewLink<'_>) -> Result<()> {
+        let mut msg = link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(new.name.to_string()));
+        msg.attributes.push(LinkAttribute::Link(new.lower));
+        if let Some(fd) = new.netns_fd {
+            msg.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        if let Some(mac) = new.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(mtu) = new.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let (kind, data) = match new.kind {
+            LinkKind::Macvlan(mode) => (
+                InfoKind::MacVlan,
+                InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]),
+            ),
+            LinkKind::Ipvlan(mode, flags) => (
+                InfoKind::IpVlan,
+                InfoData::IpVlan(vec![InfoIpVlan::Mode(mode), InfoIpVlan::Flags(flags)]),
+            ),
+        };
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(kind),
+            NlLinkInfo::Data(data),
+        ]));
+        self.request(
+            &format!("create link {}", new.name),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates the 802.1Q sub-interface `name` with VLAN `vid` on `base`.
+    pub fn create_vlan(&mut self, name: &str, base: u32, vid: u16) -> Result<()> {
+        let mut msg = link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Link(base));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(InfoKind::Vlan),
+            NlLinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(vid)])),
+        ]));
+        self.request(
+            &format!("create VLAN link {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Renames a (down) link.
+    pub fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut msg = link_message(index);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.request(&format!("rename link to {name}"), RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Brings a link up.
+    pub fn set_link_up(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut msg = link_message(index);
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(&format!("bring up {name}"), RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Deletes a link.
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        self.request(
+            &format!("delete link #{index}"),
+            RouteNetlinkMessage::DelLink(link_message(index)),
+            0,
+        )
+    }
+}

@@ -1,0 +1,234 @@
+//! From a request and the administrator's definitions to a plan: which links,
+//! with which names, MACs, wanted addresses and default routes. Pure data and no
+//! I/O, so every rule of SPEC §3 is unit-tested here.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::config::{Driver, IpamMode, Network};
+use crate::ipam::{pool, Claim, Want};
+use crate::netlink::route::Family;
+use crate::request::{MacAddr, NetworkRequest};
+
+/// One link to create in the container's netns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPlan {
+    pub network: Network,
+    pub ifname: String,
+    pub mac: Option<MacAddr>,
+    /// Addresses to lease: requested ones first, then one pooled per missing family.
+    pub wants: Vec<Want>,
+    /// Default routes this link should carry, each only if the netns has no
+    /// default route of that family yet.
+    pub default_routes: Vec<DefaultRoute>,
+}
+
+impl LinkPlan {
+    /// What the lease store must reserve for this link.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            network: self.network.name.clone(),
+            ifname: self.ifname.clone(),
+            wants: self.wants.clone(),
+        }
+    }
+}
+
+/// A default route: via a gateway, or out of the device (ipvlan l3/l3s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub family: Family,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A request that cannot be satisfied by the definitions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+fn refuse(msg: impl Into<String>) -> PlanError {
+    PlanError(msg.into())
+}
+
+/// Builds the plan. `networks` holds the definition of every requested network,
+/// in request order; `existing_ifnames` are the names already present in the netns.
+pub fn build(
+    requests: &[NetworkRequest],
+    networks: &[Network],
+    existing_ifnames: &[String],
+) -> Result<Vec<LinkPlan>, PlanError> {
+    debug_assert_eq!(requests.len(), networks.len());
+    let mut taken: HashSet<&str> = existing_ifnames.iter().map(String::as_str).collect();
+    for req in requests {
+        if let Some(name) = &req.interface {
+            if !taken.insert(name) {
+                return Err(refuse(format!(
+                    "interface {name} (network {}) already exists in the container's network namespace",
+                    req.name
+                )));
+            }
+        }
+    }
+    let default_network = default_route_network(requests, networks)?;
+    let mut plans = Vec::with_capacity(requests.len());
+    let mut next_eth = 0usize;
+    for (i, (req, net)) in requests.iter().zip(networks).enumerate() {
+        let ifname = match &req.interface {
+            Some(name) => name.clone(),
+            None => loop {
+                let candidate = format!("eth{next_eth}");
+                next_eth += 1;
+                if !taken.contains(candidate.as_str()) {
+                    break candidate;
+                }
+            },
+        };
+        if req.mac.is_some() && net.driver == Driver::Ipvlan {
+            return Err(refuse(format!(
+                "network {}: ipvlan interfaces share the parent's MAC; remove \"mac\" from the request",
+                net.name
+            )));
+        }
+        let wants = wanted_addresses(req, net)?;
+        let default_routes = if default_network == Some(i) {
+            default_routes(req, net)?
+        } else {
+            Vec::new()
+        };
+        plans.push(LinkPlan {
+            network: net.clone(),
+            ifname,
+            mac: req.mac,
+            wants,
+            default_routes,
+        });
+    }
+    Ok(plans)
+}
+
+/// The index of the network that carries the default route: the one marked
+/// `default-route`, else the first listed with a gateway that is not internal.
+fn default_route_network(
+    requests: &[NetworkRequest],
+    networks: &[Network],
+) -> Result<Option<usize>, PlanError> {
+    if let Some(i) = requests.iter().position(|r| r.default_route.is_some()) {
+        let net = &networks[i];
+        if net.internal {
+            return Err(refuse(format!(
+                "network {} is internal and cannot carry the default route",
+                net.name
+            )));
+        }
+        return Ok(Some(i));
+    }
+    Ok(networks
+        .iter()
+        .position(|n| !n.internal && (is_l3(n) || n.subnets.iter().any(|s| s.gateway.is_some()))))
+}
+
+fn is_l3(net: &Network) -> bool {
+    net.driver == Driver::Ipvlan
+        && matches!(net.mode(), crate::config::Mode::L3 | crate::config::Mode::L3s)
+}
+
+/// Default routes of the chosen network: at most one per family.
+fn default_routes(req: &NetworkRequest, net: &Network) -> Result<Vec<DefaultRoute>, PlanError> {
+    let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
+    let chosen: Vec<IpAddr> = match req.default_route.as_deref() {
+        Some(list) if !list.is_empty() => {
+            for gw in list {
+                if !gateways.contains(gw) {
+                    return Err(refuse(format!(
+                        "network {}: default-route {gw} is not a gateway of the network",
+                        net.name
+                    )));
+                }
+            }
+            list.to_vec()
+        }
+        _ => gateways,
+    };
+    let mut routes = Vec::new();
+    let mut have_v4 = false;
+    let mut have_v6 = false;
+    if is_l3(net) {
+        // l3/l3s slaves have no ARP: the route points at the device itself.
+        for s in &net.subnets {
+            let family = Family::of(&s.subnet.addr());
+            let seen = if family == Family::V4 { &mut have_v4 } else { &mut have_v6 };
+            if !*seen {
+                *seen = true;
+                routes.push(DefaultRoute { family, gateway: None });
+            }
+        }
+        return Ok(routes);
+    }
+    for gw in chosen {
+        let seen = if gw.is_ipv4() { &mut have_v4 } else { &mut have_v6 };
+        if !*seen {
+            *seen = true;
+            routes.push(DefaultRoute {
+                family: Family::of(&gw),
+                gateway: Some(gw),
+            });
+        }
+    }
+    Ok(routes)
+}
+
+/// Requested addresses (checked against the definition), then a pooled address
+/// for each family of the network the request did not cover.
+fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, PlanError> {
+    let mut wants = Vec::new();
+    let mut families_covered = (false, false);
+    for ip in &req.ips {
+        let Some(subnet) = net.subnet_of(ip.addr) else {
+            let subnets: Vec<String> = net.subnets.iter().map(|s| s.subnet.to_string()).collect();
+            return Err(refuse(format!(
+                "address {} is outside the subnets of network {} ({})",
+                ip.addr,
+                net.name,
+                if subnets.is_empty() { "none".to_string() } else { subnets.join(", ") }
+            )));
+        };
+        if let Some(p) = ip.prefix_len {
+            if p != subnet.subnet.prefix_len() {
+                return Err(refuse(format!(
+                    "address {ip}: prefix length /{p} does not match subnet {} of network {}",
+                    subnet.subnet, net.name
+                )));
+            }
+        }
+        if let Some(why) = subnet.unavailable_reason(ip.addr) {
+            return Err(refuse(format!(
+                "address {} cannot be used on network {}: it is {why}",
+                ip.addr, net.name
+            )));
+        }
+        if ip.addr.is_ipv4() {
+            families_covered.0 = true;
+        } else {
+            families_covered.1 = true;
+        }
+        wants.push(Want::Address {
+            address: ip.addr,
+            subnet: subnet.subnet,
+        });
+    }
+    if net.ipam == IpamMode::Pool {
+        for ranges in pool::pools_of(net) {
+            let is_v4 = ranges.first().is_some_and(|r| r.subnet.addr().is_ipv4());
+            let covered = if is_v4 { families_covered.0 } else { families_covered.1 };
+            if !covered {
+                wants.push(Want::Pool { ranges });
+            }
+        }
+    } else if wants.is_empty() && !net.subnets.is_empty() {
+        return Err(refuse(format!(
+            "network {} hands out no addresses (ipam static): name one in \"ips\"",
+            net.name
+        )));
+    }
+    Ok(wants)
+}
