@@ -232,3 +232,157 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
     }
     Ok(wants)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+    use crate::request::{parse, RequestedIp};
+
+    fn net(name: &str, json: &str) -> Network {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["name"] = name.into();
+        let n: Network = serde_json::from_value(v).unwrap();
+        n.validate().unwrap();
+        n
+    }
+
+    fn lan() -> Network {
+        net(
+            "lan",
+            r#"{"driver":"macvlan","parent":"lan0","subnets":[
+                {"subnet":"192.168.32.0/24","gateway":"192.168.32.254","aux_addresses":{"router":"192.168.32.129"}},
+                {"subnet":"2001:db8:32::/64","gateway":"2001:db8:32::fe"}]}"#,
+        )
+    }
+
+    fn storage() -> Network {
+        net(
+            "storage",
+            r#"{"driver":"macvlan","parent":"lan1","subnets":[{"subnet":"10.9.0.0/16","gateway":"10.9.0.1"}]}"#,
+        )
+    }
+
+    fn internal() -> Network {
+        let mut n = net(
+            "backplane",
+            r#"{"driver":"macvlan","parent":"lan2","subnets":[{"subnet":"10.10.0.0/24","gateway":"10.10.0.1"}]}"#,
+        );
+        n.internal = true;
+        n
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn interface_names_skip_those_in_the_netns_and_those_requested() {
+        let reqs = parse("lan,storage@eth1").unwrap();
+        let plans = build(&reqs, &[lan(), storage()], &names(&["lo", "eth0"])).unwrap();
+        assert_eq!(plans[0].ifname, "eth2");
+        assert_eq!(plans[1].ifname, "eth1");
+    }
+
+    #[test]
+    fn requested_interface_that_exists_is_refused() {
+        let reqs = parse("lan@eth0").unwrap();
+        let err = build(&reqs, &[lan()], &names(&["lo", "eth0"])).unwrap_err();
+        assert!(err.0.contains("eth0") && err.0.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn pooled_network_wants_one_address_per_family_unless_requested() {
+        let plans = build(&parse("lan").unwrap(), &[lan()], &[]).unwrap();
+        assert_eq!(plans[0].wants.len(), 2);
+        assert!(plans[0].wants.iter().all(|w| matches!(w, Want::Pool { .. })));
+
+        let reqs = parse(r#"[{"name":"lan","ips":["192.168.32.140/24"]}]"#).unwrap();
+        let plans = build(&reqs, &[lan()], &[]).unwrap();
+        assert_eq!(
+            plans[0].wants[0],
+            Want::Address {
+                address: "192.168.32.140".parse().unwrap(),
+                subnet: "192.168.32.0/24".parse().unwrap()
+            }
+        );
+        // The IPv6 family is still filled from the pool.
+        assert!(matches!(&plans[0].wants[1], Want::Pool { ranges } if ranges[0].subnet.addr().is_ipv6()));
+    }
+
+    #[test]
+    fn requested_addresses_are_checked_against_the_definition() {
+        let cases = [
+            ("10.1.1.1", "outside the subnets of network lan"),
+            ("192.168.32.0", "the network address"),
+            ("192.168.32.255", "the broadcast address"),
+            ("192.168.32.254", "the gateway"),
+            ("192.168.32.129", "the aux address \"router\""),
+            ("192.168.32.7/25", "prefix length /25"),
+        ];
+        for (ip, expected) in cases {
+            let reqs = parse(&format!(r#"[{{"name":"lan","ips":["{ip}"]}}]"#)).unwrap();
+            let err = build(&reqs, &[lan()], &[]).unwrap_err();
+            assert!(err.0.contains(expected), "{ip}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_route_goes_to_the_first_non_internal_network_with_a_gateway() {
+        let reqs = parse("backplane,lan,storage").unwrap();
+        let plans = build(&reqs, &[internal(), lan(), storage()], &[]).unwrap();
+        assert!(plans[0].default_routes.is_empty());
+        assert_eq!(
+            plans[1].default_routes,
+            vec![
+                DefaultRoute { family: Family::V4, gateway: Some("192.168.32.254".parse().unwrap()) },
+                DefaultRoute { family: Family::V6, gateway: Some("2001:db8:32::fe".parse().unwrap()) },
+            ]
+        );
+        assert!(plans[2].default_routes.is_empty());
+    }
+
+    #[test]
+    fn marked_network_carries_the_default_route_with_its_chosen_gateway() {
+        let reqs = parse(r#"[{"name":"lan"},{"name":"storage","default-route":["10.9.0.1"]}]"#).unwrap();
+        let plans = build(&reqs, &[lan(), storage()], &[]).unwrap();
+        assert!(plans[0].default_routes.is_empty());
+        assert_eq!(plans[1].default_routes.len(), 1);
+
+        let reqs = parse(r#"[{"name":"storage","default-route":["10.9.0.7"]}]"#).unwrap();
+        let err = build(&reqs, &[storage()], &[]).unwrap_err();
+        assert!(err.0.contains("not a gateway"), "{err}");
+
+        let reqs = parse(r#"[{"name":"backplane","default-route":[]}]"#).unwrap();
+        let err = build(&reqs, &[internal()], &[]).unwrap_err();
+        assert!(err.0.contains("internal"), "{err}");
+    }
+
+    #[test]
+    fn ipvlan_refuses_a_mac_and_l3_gets_device_routes() {
+        let mut ipv = storage();
+        ipv.driver = Driver::Ipvlan;
+        ipv.mode = Some(Mode::L3);
+        let reqs = parse(r#"[{"name":"storage","mac":"02:00:00:00:00:01"}]"#).unwrap();
+        let err = build(&reqs, &[ipv.clone()], &[]).unwrap_err();
+        assert!(err.0.contains("share the parent's MAC"), "{err}");
+
+        let plans = build(&parse("storage").unwrap(), &[ipv], &[]).unwrap();
+        assert_eq!(plans[0].default_routes, vec![DefaultRoute { family: Family::V4, gateway: None }]);
+    }
+
+    #[test]
+    fn static_network_needs_a_requested_address() {
+        let mut s = storage();
+        s.ipam = IpamMode::Static;
+        let err = build(&parse("storage").unwrap(), &[s.clone()], &[]).unwrap_err();
+        assert!(err.0.contains("ipam static"), "{err}");
+        let reqs = vec![NetworkRequest {
+            name: "storage".into(),
+            ips: vec![RequestedIp { addr: "10.9.3.4".parse().unwrap(), prefix_len: None }],
+            ..Default::default()
+        }];
+        let plans = build(&reqs, &[s], &[]).unwrap();
+        assert_eq!(plans[0].wants.len(), 1);
+    }
+}
