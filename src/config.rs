@@ -7,6 +7,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -111,7 +112,9 @@ pub fn valid_network_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace, not "." or "..".
+/// Linux interface names: 1..=15 bytes of printable ASCII, no '/', ':' or whitespace,
+/// not "." or "..". Also no '%': the kernel reads `eth%d` as a pattern and picks the
+/// name itself (or refuses), so such a name never means what it says.
 pub fn valid_ifname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15
@@ -119,7 +122,7 @@ pub fn valid_ifname(name: &str) -> bool {
         && name != ".."
         && name
             .bytes()
-            .all(|c| c.is_ascii_graphic() && c != b'/' && c != b':')
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'%'))
 }
 
 /// A dotted parent `eth0.50` names 802.1Q VLAN 50 on `eth0`.
@@ -137,15 +140,21 @@ pub fn parse_vlan_parent(parent: &str) -> Result<Option<VlanParent>, InvalidNetw
     if vid.is_empty() || !vid.bytes().all(|c| c.is_ascii_digit()) {
         return Ok(None);
     }
-    let vid: u32 = vid
-        .parse()
-        .map_err(|_| invalid("parent", format!("VLAN id in {parent:?} is not a number")))?;
-    if !(1..=4094).contains(&vid) || base.is_empty() {
+    if !valid_ifname(base) {
         return Err(invalid(
             "parent",
-            format!("VLAN id {vid} in {parent:?} is outside 1-4094"),
+            format!("{base:?} in {parent:?} is not a valid interface name for a VLAN base"),
         ));
     }
+    let vid = match vid.parse::<u32>() {
+        Ok(v) if (1..=4094).contains(&v) => v,
+        _ => {
+            return Err(invalid(
+                "parent",
+                format!("VLAN id {vid} in {parent:?} is outside 1-4094"),
+            ))
+        }
+    };
     Ok(Some(VlanParent {
         base: base.to_string(),
         vid: vid as u16,
@@ -210,6 +219,19 @@ impl Network {
             if !(68..=65535).contains(&mtu) {
                 return Err(invalid("mtu", format!("{mtu} is outside 68-65535")));
             }
+            // Below 1280 the kernel disables IPv6 on the link and the address add fails.
+            if mtu < 1280 {
+                if let Some(i) = self
+                    .subnets
+                    .iter()
+                    .position(|s| s.subnet.network().is_ipv6())
+                {
+                    return Err(invalid(
+                        "mtu",
+                        format!("{mtu} is below 1280, the IPv6 minimum, and subnets[{i}] is IPv6"),
+                    ));
+                }
+            }
         }
         if self.ipam == IpamMode::Pool && self.subnets.is_empty() {
             // A pool with nothing in it would fail every attach; say so now.
@@ -221,7 +243,9 @@ impl Network {
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate(&format!("subnets[{i}]"))?;
             for (j, other) in self.subnets.iter().enumerate().skip(i + 1) {
-                if s.subnet.contains(&other.subnet.network()) || other.subnet.contains(&s.subnet.network()) {
+                if s.subnet.contains(&other.subnet.network())
+                    || other.subnet.contains(&s.subnet.network())
+                {
                     return Err(invalid(
                         format!("subnets[{j}]"),
                         format!("{} overlaps {}", other.subnet, s.subnet),
@@ -247,7 +271,10 @@ impl Subnet {
                 format!("{net} has host bits set (did you mean {}?)", net.trunc()),
             ));
         }
-        if net.prefix_len() >= net.max_prefix_len() {
+        // IPv4 /31 too: its two addresses are the network and broadcast ones, which
+        // no host gets here (see reserved_reason), so nothing could ever be attached.
+        let host_bits = net.max_prefix_len() - net.prefix_len();
+        if host_bits == 0 || (net.network().is_ipv4() && host_bits == 1) {
             return Err(invalid(
                 format!("{at}.subnet"),
                 format!("{net} has no room for hosts"),
@@ -285,7 +312,10 @@ impl Subnet {
     /// An address usable by a host: inside the subnet, not its network or broadcast address.
     fn check_host(&self, field: &str, addr: IpAddr) -> Result<(), InvalidNetwork> {
         if !self.subnet.contains(&addr) {
-            return Err(invalid(field, format!("{addr} is not inside {}", self.subnet)));
+            return Err(invalid(
+                field,
+                format!("{addr} is not inside {}", self.subnet),
+            ));
         }
         if let Some(why) = self.reserved_reason(addr) {
             return Err(invalid(field, format!("{addr} is {why}")));
@@ -419,7 +449,10 @@ impl NetworkDir {
         if net.name != name {
             return Err(ConfigError::Invalid {
                 path,
-                source: invalid("name", format!("{:?} does not match the file name", net.name)),
+                source: invalid(
+                    "name",
+                    format!("{:?} does not match the file name", net.name),
+                ),
             });
         }
         Ok(net)
@@ -457,14 +490,25 @@ impl NetworkDir {
             path: self.dir.clone(),
             source,
         })?;
-        let tmp = self.dir.join(format!(".{}.json.tmp{}", net.name, std::process::id()));
+        // pid + counter: unique across processes and across threads of one process.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(
+            ".{}.json.tmp{}.{seq}",
+            net.name,
+            std::process::id()
+        ));
         let io_err = |source| ConfigError::Io {
             path: tmp.clone(),
             source,
         };
         let mut body = serde_json::to_vec_pretty(net).expect("network serializes");
         body.push(b'\n');
-        let mut f = fs::File::create(&tmp).map_err(io_err)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err)?;
         f.write_all(&body).map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
         drop(f);
@@ -490,5 +534,579 @@ impl NetworkDir {
             }
             Err(source) => Err(ConfigError::Io { path, source }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnet(net: &str, gw: Option<&str>, range: Option<&str>) -> Subnet {
+        Subnet {
+            subnet: net.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            ip_range: range.map(|r| r.parse().unwrap()),
+            aux_addresses: BTreeMap::new(),
+        }
+    }
+
+    /// A valid dual-stack macvlan network on a VLAN parent.
+    fn lan() -> Network {
+        let mut v4 = subnet(
+            "192.168.32.0/24",
+            Some("192.168.32.254"),
+            Some("192.168.32.128/25"),
+        );
+        v4.aux_addresses
+            .insert("my-router".into(), "192.168.32.129".parse().unwrap());
+        Network {
+            name: "lan".into(),
+            driver: Driver::Macvlan,
+            parent: "eth0.50".into(),
+            mode: Some(Mode::Bridge),
+            flag: None,
+            mtu: Some(1500),
+            subnets: vec![v4, subnet("2001:db8:32::/64", Some("2001:db8:32::1"), None)],
+            internal: false,
+            ipam: IpamMode::Pool,
+        }
+    }
+
+    fn ipvlan() -> Network {
+        Network {
+            name: "iv".into(),
+            driver: Driver::Ipvlan,
+            parent: "eth1".into(),
+            mode: Some(Mode::L3),
+            flag: Some(IpvlanFlag::Private),
+            mtu: None,
+            subnets: vec![subnet("10.1.0.0/16", None, None)],
+            internal: true,
+            ipam: IpamMode::Pool,
+        }
+    }
+
+    /// Asserts the definition is refused for `field`, with every word in the reason.
+    fn refused(net: &Network, field: &str, words: &[&str]) {
+        let e = net.validate().expect_err("accepted");
+        assert_eq!(e.field, field, "{e}");
+        for w in words {
+            assert!(e.reason.contains(w), "{e} lacks {w:?}");
+        }
+    }
+
+    #[test]
+    fn valid_definitions() {
+        lan().validate().unwrap();
+        ipvlan().validate().unwrap();
+        assert_eq!(lan().mode(), Mode::Bridge);
+        let mut n = lan();
+        n.mode = None;
+        n.mtu = None;
+        n.validate().unwrap();
+        assert_eq!(n.mode(), Mode::Bridge);
+        let mut n = ipvlan();
+        n.mode = None;
+        n.flag = None;
+        n.validate().unwrap();
+        assert_eq!((n.mode(), n.flag()), (Mode::L2, IpvlanFlag::Bridge));
+        // Static without subnets: nothing to hand out, nothing wrong.
+        let mut n = ipvlan();
+        n.subnets.clear();
+        n.ipam = IpamMode::Static;
+        n.validate().unwrap();
+        // Same subnet in two families is not an overlap; neither are adjacent subnets.
+        let mut n = ipvlan();
+        n.subnets = vec![
+            subnet("10.0.0.0/25", None, None),
+            subnet("10.0.0.128/25", None, None),
+            subnet("::/64", None, None),
+        ];
+        n.validate().unwrap();
+        // Every macvlan mode is a macvlan mode.
+        for m in [
+            Mode::Bridge,
+            Mode::Vepa,
+            Mode::Private,
+            Mode::Passthru,
+            Mode::Source,
+        ] {
+            let mut n = lan();
+            n.mode = Some(m);
+            n.validate().unwrap();
+        }
+        // MTU bounds themselves.
+        for mtu in [68, 65535] {
+            let mut n = ipvlan();
+            n.mtu = Some(mtu);
+            n.validate().unwrap();
+        }
+        // IPv6 /127 keeps one host; IPv4 /30 two.
+        let mut n = ipvlan();
+        n.subnets = vec![
+            subnet("10.0.0.0/30", Some("10.0.0.1"), None),
+            subnet("2001:db8::/127", None, None),
+        ];
+        n.validate().unwrap();
+    }
+
+    #[test]
+    fn json_round_trip_and_field_names() {
+        let n = lan();
+        let text = serde_json::to_string(&n).unwrap();
+        assert!(text.contains(r#""driver":"macvlan""#), "{text}");
+        assert!(text.contains(r#""ip_range":"192.168.32.128/25""#), "{text}");
+        assert!(text.contains(r#""aux_addresses":{"my-router":"192.168.32.129"}"#));
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), n);
+        let min: Network = serde_json::from_str(
+            r#"{"name":"x","driver":"ipvlan","parent":"eth0","ipam":"static"}"#,
+        )
+        .unwrap();
+        assert_eq!(min.mode(), Mode::L2);
+        assert!(!min.internal);
+        let e = serde_json::from_str::<Network>(
+            r#"{"name":"x","driver":"ipvlan","parent":"eth0","ipvlan_mode":"l3"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ipvlan_mode"), "{e}");
+    }
+
+    #[test]
+    fn driver_mode_and_flag() {
+        let mut n = lan();
+        n.mode = Some(Mode::L2);
+        refused(&n, "mode", &["l2", "ipvlan mode", "macvlan takes"]);
+        let mut n = ipvlan();
+        n.mode = Some(Mode::Bridge);
+        refused(&n, "mode", &["bridge", "macvlan mode", "ipvlan takes"]);
+        n.mode = Some(Mode::Passthru);
+        refused(&n, "mode", &["passthru"]);
+        let mut n = lan();
+        n.flag = Some(IpvlanFlag::Bridge);
+        refused(&n, "flag", &["ipvlan only"]);
+    }
+
+    #[test]
+    fn names_and_parents() {
+        let mut n = lan();
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a/b",
+            "../x",
+            "a b",
+            "\u{e9}",
+            &"x".repeat(65),
+        ] {
+            n.name = bad.to_string();
+            refused(&n, "name", &["must match"]);
+        }
+        n.name = "x".repeat(64);
+        n.validate().unwrap();
+        let mut n = lan();
+        for bad in [
+            "",
+            "eth 0",
+            "a/b",
+            "..",
+            "abcdefghijklmnop",
+            "eth:0",
+            "eth%d",
+        ] {
+            n.parent = bad.to_string();
+            refused(&n, "parent", &["not a valid interface name"]);
+        }
+        n.parent = "eth0.4095".into();
+        refused(&n, "parent", &["4095", "outside 1-4094"]);
+        n.parent = ".50".into();
+        refused(&n, "parent", &["VLAN base"]);
+    }
+
+    #[test]
+    fn ifnames() {
+        assert!(valid_ifname("eth0"));
+        assert!(valid_ifname("abcdefghijklmno"));
+        assert!(valid_ifname("a.b-c_d@e"));
+        for bad in [
+            "",
+            "abcdefghijklmnop",
+            "a/b",
+            ".",
+            "..",
+            "eth 0",
+            "eth\t0",
+            "e:1",
+            "e%d",
+            "\u{e9}th0",
+            "eth0\0",
+        ] {
+            assert!(!valid_ifname(bad), "{bad:?}");
+        }
+        assert!(valid_network_name("a"));
+        assert!(valid_network_name("A9._-"));
+        assert!(!valid_network_name("_a"));
+    }
+
+    #[test]
+    fn vlan_parents() {
+        assert_eq!(parse_vlan_parent("eth0").unwrap(), None);
+        assert_eq!(
+            parse_vlan_parent("eth0.50").unwrap(),
+            Some(VlanParent {
+                base: "eth0".into(),
+                vid: 50
+            })
+        );
+        assert_eq!(parse_vlan_parent("eth0.1").unwrap().unwrap().vid, 1);
+        assert_eq!(parse_vlan_parent("eth0.4094").unwrap().unwrap().vid, 4094);
+        // Nested: the last dot splits, the base is itself a VLAN.
+        assert_eq!(
+            parse_vlan_parent("bond0.5.100").unwrap().unwrap().base,
+            "bond0.5"
+        );
+        // A dot followed by something that is not a number is a plain name (br.lan, eth0.abc).
+        assert_eq!(parse_vlan_parent("eth0.abc").unwrap(), None);
+        assert_eq!(parse_vlan_parent("br.lan").unwrap(), None);
+        assert_eq!(parse_vlan_parent("eth0.").unwrap(), None);
+        assert_eq!(parse_vlan_parent("eth0.-1").unwrap(), None);
+        for (bad, words) in [
+            ("eth0.0", &["VLAN id 0", "outside 1-4094"][..]),
+            ("eth0.4095", &["VLAN id 4095", "outside 1-4094"]),
+            ("eth0.99999", &["99999", "outside 1-4094"]),
+            ("e.99999999999", &["99999999999", "outside 1-4094"]),
+            (".50", &["\"\"", "VLAN base"]),
+            ("..50", &["\".\"", "VLAN base"]),
+        ] {
+            let e = parse_vlan_parent(bad).expect_err(bad);
+            assert_eq!(e.field, "parent");
+            for w in words {
+                assert!(e.reason.contains(w), "{e} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mtu() {
+        for (mtu, words) in [
+            (0, &["0", "outside 68-65535"][..]),
+            (67, &["67", "outside 68-65535"]),
+            (70000, &["70000", "outside 68-65535"]),
+            (1279, &["1279", "IPv6", "subnets[1]"]),
+        ] {
+            let mut n = lan();
+            n.mtu = Some(mtu);
+            refused(&n, "mtu", words);
+        }
+        // A small MTU is fine with IPv4 only.
+        let mut n = ipvlan();
+        n.mtu = Some(576);
+        n.validate().unwrap();
+    }
+
+    #[test]
+    fn subnets() {
+        let with = |s: Subnet| {
+            let mut n = ipvlan();
+            n.subnets = vec![s];
+            n
+        };
+        refused(
+            &with(subnet("192.168.32.1/24", None, None)),
+            "subnets[0].subnet",
+            &["host bits", "192.168.32.0/24"],
+        );
+        refused(
+            &with(subnet("2001:db8::1/64", None, None)),
+            "subnets[0].subnet",
+            &["host bits"],
+        );
+        for s in ["10.0.0.1/32", "10.0.0.0/31", "2001:db8::1/128"] {
+            refused(
+                &with(subnet(s, None, None)),
+                "subnets[0].subnet",
+                &["no room for hosts"],
+            );
+        }
+        refused(
+            &with(subnet("10.0.0.0/24", Some("10.0.1.1"), None)),
+            "subnets[0].gateway",
+            &["10.0.1.1", "not inside 10.0.0.0/24"],
+        );
+        refused(
+            &with(subnet("10.0.0.0/24", Some("2001:db8::1"), None)),
+            "subnets[0].gateway",
+            &["not inside"],
+        );
+        refused(
+            &with(subnet("10.0.0.0/24", Some("10.0.0.0"), None)),
+            "subnets[0].gateway",
+            &["network address"],
+        );
+        refused(
+            &with(subnet("10.0.0.0/24", Some("10.0.0.255"), None)),
+            "subnets[0].gateway",
+            &["broadcast"],
+        );
+        refused(
+            &with(subnet("2001:db8::/64", Some("2001:db8::"), None)),
+            "subnets[0].gateway",
+            &["network address"],
+        );
+        // The last IPv6 address is a host (no broadcast in IPv6).
+        with(subnet(
+            "2001:db8::/64",
+            Some("2001:db8::ffff:ffff:ffff:ffff"),
+            None,
+        ))
+        .validate()
+        .unwrap();
+        refused(
+            &with(subnet("10.0.0.0/24", None, Some("10.0.1.0/25"))),
+            "subnets[0].ip_range",
+            &["10.0.1.0/25", "not inside 10.0.0.0/24"],
+        );
+        refused(
+            &with(subnet("10.0.0.0/24", None, Some("10.0.0.0/23"))),
+            "subnets[0].ip_range",
+            &["not inside"],
+        );
+        refused(
+            &with(subnet("10.0.0.0/24", None, Some("10.0.0.129/25"))),
+            "subnets[0].ip_range",
+            &["host bits"],
+        );
+        with(subnet("10.0.0.0/24", None, Some("10.0.0.0/24")))
+            .validate()
+            .unwrap();
+        let mut s = subnet("10.0.0.0/24", None, None);
+        s.aux_addresses
+            .insert("r".into(), "10.0.9.1".parse().unwrap());
+        refused(&with(s), "subnets[0].aux_addresses.r", &["not inside"]);
+        let mut s = subnet("10.0.0.0/24", None, None);
+        s.aux_addresses
+            .insert("".into(), "10.0.0.9".parse().unwrap());
+        refused(&with(s), "subnets[0].aux_addresses", &["1-64 bytes"]);
+
+        let mut n = ipvlan();
+        n.subnets = vec![
+            subnet("10.0.0.0/16", None, None),
+            subnet("2001:db8::/64", None, None),
+            subnet("10.0.128.0/24", None, None),
+        ];
+        refused(&n, "subnets[2]", &["10.0.128.0/24 overlaps 10.0.0.0/16"]);
+        n.subnets.swap(0, 2);
+        refused(&n, "subnets[2]", &["overlaps"]);
+        n.subnets = vec![
+            subnet("10.0.0.0/24", None, None),
+            subnet("10.0.0.0/24", None, None),
+        ];
+        refused(&n, "subnets[1]", &["overlaps"]);
+
+        let mut n = lan();
+        n.subnets.clear();
+        refused(&n, "subnets", &["pool", "at least one subnet"]);
+    }
+
+    #[test]
+    fn unavailable_reasons() {
+        let mut s = subnet("192.168.32.0/24", Some("192.168.32.254"), None);
+        s.aux_addresses
+            .insert("my-router".into(), "192.168.32.129".parse().unwrap());
+        let why = |a: &str| s.unavailable_reason(a.parse().unwrap());
+        assert_eq!(
+            why("192.168.32.0").unwrap(),
+            "the network address of 192.168.32.0/24"
+        );
+        assert_eq!(
+            why("192.168.32.255").unwrap(),
+            "the broadcast address of 192.168.32.0/24"
+        );
+        assert_eq!(
+            why("192.168.32.254").unwrap(),
+            "the gateway of 192.168.32.0/24"
+        );
+        assert_eq!(
+            why("192.168.32.129").unwrap(),
+            "the aux address \"my-router\""
+        );
+        assert_eq!(why("192.168.32.1"), None);
+        assert_eq!(why("192.168.32.253"), None);
+        let s6 = subnet("2001:db8::/64", Some("2001:db8::1"), None);
+        let why6 = |a: &str| s6.unavailable_reason(a.parse().unwrap());
+        assert!(why6("2001:db8::").unwrap().contains("network address"));
+        assert!(why6("2001:db8::1").unwrap().contains("gateway"));
+        assert_eq!(why6("2001:db8::ffff:ffff:ffff:ffff"), None);
+        assert_eq!(why6("2001:db8::2"), None);
+
+        let n = lan();
+        assert_eq!(
+            n.subnet_of("2001:db8:32::9".parse().unwrap())
+                .unwrap()
+                .subnet,
+            "2001:db8:32::/64".parse::<IpNet>().unwrap()
+        );
+        assert!(n.subnet_of("10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    /// A unique directory under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir = std::env::temp_dir().join(format!(
+                "netattach-config-test-{tag}-{}-{n}-{nanos}",
+                std::process::id()
+            ));
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn dir_create_load_list_remove() {
+        let tmp = TempDir::new("crud");
+        // The directory does not exist yet: empty list, not an error.
+        let dir = NetworkDir::new(tmp.0.join("networks.d"));
+        assert!(dir.list().unwrap().is_empty());
+        assert!(matches!(dir.load("lan"), Err(ConfigError::NotFound(n)) if n == "lan"));
+
+        let path = dir.create(&lan()).unwrap();
+        assert_eq!(path, tmp.0.join("networks.d/lan.json"));
+        assert_eq!(dir.load("lan").unwrap(), lan());
+        // Refuses to overwrite, and the existing file is untouched.
+        let mut other = lan();
+        other.mtu = Some(9000);
+        assert!(matches!(dir.create(&other), Err(ConfigError::Exists(n)) if n == "lan"));
+        assert_eq!(dir.load("lan").unwrap().mtu, Some(1500));
+
+        dir.create(&ipvlan()).unwrap();
+        let names: Vec<String> = dir.list().unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["iv", "lan"]);
+        // No temp files left behind; stray files that are not <name>.json are ignored.
+        let mut files: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["iv.json", "lan.json"]);
+        fs::write(dir.path().join("README"), "x").unwrap();
+        fs::write(dir.path().join(".lan.json.tmp1.0"), "{").unwrap();
+        assert_eq!(dir.list().unwrap().len(), 2);
+
+        dir.remove("lan").unwrap();
+        assert!(matches!(dir.remove("lan"), Err(ConfigError::NotFound(_))));
+        assert!(matches!(dir.load("lan"), Err(ConfigError::NotFound(_))));
+        assert_eq!(dir.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dir_refuses_bad_names_and_invalid_definitions() {
+        let tmp = TempDir::new("bad");
+        let dir = NetworkDir::new(&tmp.0);
+        for bad in ["../x", "a/b", "", ".hidden"] {
+            assert!(
+                matches!(dir.load(bad), Err(ConfigError::NotFound(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(dir.remove(bad), Err(ConfigError::NotFound(_))),
+                "{bad}"
+            );
+        }
+        let mut n = lan();
+        n.mtu = Some(1);
+        assert!(matches!(dir.create(&n), Err(ConfigError::Definition(e)) if e.field == "mtu"));
+        let mut n = lan();
+        n.name = "../evil".into();
+        assert!(dir.create(&n).is_err());
+        assert!(!tmp.0.join("../evil.json").exists());
+        // Nothing was written for refused definitions.
+        assert!(dir.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dir_load_failures() {
+        let tmp = TempDir::new("load");
+        let dir = NetworkDir::new(&tmp.0);
+        fs::create_dir_all(&tmp.0).unwrap();
+        let good = r#"{"name":"lan","driver":"macvlan","parent":"eth0","subnets":[{"subnet":"10.0.0.0/24"}]}"#;
+        fs::write(tmp.0.join("lan.json"), good).unwrap();
+        dir.load("lan").unwrap();
+
+        // Unknown key (a typo) at the top level and inside a subnet.
+        fs::write(
+            tmp.0.join("typo.json"),
+            r#"{"name":"typo","driver":"macvlan","parent":"eth0","macvlan_mode":"bridge","subnets":[{"subnet":"10.0.0.0/24"}]}"#,
+        )
+        .unwrap();
+        let e = dir.load("typo").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        assert!(e.to_string().contains("macvlan_mode"), "{e}");
+        assert!(e.to_string().contains("typo.json"), "{e}");
+        fs::write(
+            tmp.0.join("typo.json"),
+            r#"{"name":"typo","driver":"macvlan","parent":"eth0","subnets":[{"subnet":"10.0.0.0/24","gw":"10.0.0.1"}]}"#,
+        )
+        .unwrap();
+        assert!(dir.load("typo").unwrap_err().to_string().contains("gw"));
+
+        // The name inside must match the file name.
+        fs::write(tmp.0.join("other.json"), good).unwrap();
+        let e = dir.load("other").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { source, .. } if source.field == "name"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("does not match the file name"),
+            "{e}"
+        );
+
+        // Parsed but invalid.
+        fs::write(
+            tmp.0.join("bad.json"),
+            r#"{"name":"bad","driver":"ipvlan","parent":"eth0","mode":"bridge","ipam":"static"}"#,
+        )
+        .unwrap();
+        let e = dir.load("bad").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid { source, .. } if source.field == "mode"),
+            "{e}"
+        );
+
+        // list reports a broken file instead of skipping it.
+        assert!(dir.list().is_err());
+        fs::remove_file(tmp.0.join("bad.json")).unwrap();
+        fs::remove_file(tmp.0.join("typo.json")).unwrap();
+        fs::remove_file(tmp.0.join("other.json")).unwrap();
+        assert_eq!(dir.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_creates_one_winner() {
+        let tmp = TempDir::new("race");
+        let dir = NetworkDir::new(&tmp.0);
+        let results: Vec<Result<PathBuf, ConfigError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| dir.create(&lan()))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{results:?}");
+        for r in results.iter().filter(|r| r.is_err()) {
+            assert!(matches!(r, Err(ConfigError::Exists(_))), "{r:?}");
+        }
+        assert_eq!(fs::read_dir(&tmp.0).unwrap().count(), 1);
     }
 }

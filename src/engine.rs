@@ -56,8 +56,8 @@ pub fn attach(
     let mut todo_networks = Vec::new();
     let previous = store.attachments_of(owner)?;
     for (req, net) in requests.iter().zip(definitions) {
-        match previous.iter().find(|a| a.network == net.name) {
-            Some(a) => match inside.link_by_name(&a.ifname)? {
+        if let Some(a) = previous.iter().find(|a| a.network == net.name) {
+            match inside.link_by_name(&a.ifname)? {
                 Some(link) if matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan")) => {
                     done.push(existing_link(store, owner, &net.name, &a.ifname, link.mac)?);
                     continue;
@@ -66,8 +66,7 @@ pub fn attach(
                 _ => {
                     store.release_networks(owner, std::slice::from_ref(&net.name))?;
                 }
-            },
-            None => {}
+            }
         }
         todo_requests.push(req.clone());
         todo_networks.push(net);
@@ -82,7 +81,14 @@ pub fn attach(
     let leases = store.reserve(owner, &target.path().to_string_lossy(), &claims)?;
 
     let mut created = Vec::new();
-    let result = apply(&mut host, &mut inside, target, &plans, &leases, &mut created);
+    let result = apply(
+        &mut host,
+        &mut inside,
+        target,
+        &plans,
+        &leases,
+        &mut created,
+    );
     match result {
         Ok(mut attached) => {
             done.append(&mut attached);
@@ -219,9 +225,13 @@ fn create_link(
     let net = &plan.network;
     // Resolved here, per link, so a parent that vanished since an earlier link
     // of the same attach is reported as such.
-    let parent = host
-        .link_by_name(&net.parent)?
-        .ok_or_else(|| anyhow!("network {}: parent interface {} does not exist", net.name, net.parent))?;
+    let parent = host.link_by_name(&net.parent)?.ok_or_else(|| {
+        anyhow!(
+            "network {}: parent interface {} does not exist",
+            net.name,
+            net.parent
+        )
+    })?;
     if let (Some(mtu), Some(parent_mtu)) = (net.mtu, parent.mtu) {
         if mtu > parent_mtu {
             bail!(
@@ -242,9 +252,12 @@ fn create_link(
     };
     host.create_link(&new)
         .map_err(|e| explain_create_error(net, e))?;
-    let link = inside
-        .link_by_name(&tmp)?
-        .ok_or_else(|| anyhow!("network {}: new link {tmp} not found in the netns", net.name))?;
+    let link = inside.link_by_name(&tmp)?.ok_or_else(|| {
+        anyhow!(
+            "network {}: new link {tmp} not found in the netns",
+            net.name
+        )
+    })?;
     Ok(link.index)
 }
 
@@ -330,5 +343,9 @@ fn explain_create_error(net: &Network, e: NetlinkError) -> anyhow::Error {
         ),
         _ => e.to_string(),
     };
-    anyhow!("network {}: cannot create the {} link: {why}", net.name, net.driver)
+    anyhow!(
+        "network {}: cannot create the {} link: {why}",
+        net.name,
+        net.driver
+    )
 }

@@ -42,7 +42,8 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
         .take(MAX_STATE_BYTES)
         .read_to_end(&mut raw)
         .context("read the container state from stdin")?;
-    let state: State = serde_json::from_slice(&raw).context("parse the container state on stdin")?;
+    let state: State =
+        serde_json::from_slice(&raw).context("parse the container state on stdin")?;
     let verb = verb.unwrap_or(if *state.status() == ContainerState::Stopped {
         Verb::Release
     } else {
@@ -75,7 +76,9 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
 }
 
 fn annotation(annotations: Option<&HashMap<String, String>>) -> Option<String> {
-    annotations.and_then(|a| a.get(request::ANNOTATION)).cloned()
+    annotations
+        .and_then(|a| a.get(request::ANNOTATION))
+        .cloned()
 }
 
 fn load_spec(bundle: &Path) -> Result<Option<Spec>> {
@@ -103,7 +106,8 @@ fn netns_path(state: &State, spec: &mut Option<Spec>) -> Result<PathBuf> {
         .as_ref()
         .and_then(|s| s.linux().as_ref())
         .and_then(|l| l.namespaces().as_ref());
-    let network = namespaces.and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
+    let network =
+        namespaces.and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
     match network {
         Some(ns) => match ns.path() {
             Some(path) => Ok(path.clone()),
@@ -187,6 +191,9 @@ mod tests {
         );
         let err = read_input(Some(Verb::Attach), state.as_bytes()).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(err.to_string().contains("no network namespace of its own"), "{err}");
+        assert!(
+            err.to_string().contains("no network namespace of its own"),
+            "{err}"
+        );
     }
 }

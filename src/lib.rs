@@ -7,12 +7,13 @@
 //! network namespace with rollback. The faces ([`hook`], CLI) only translate their
 //! input into a request, a netns and an owner id.
 
-pub mod config;
-pub mod ipam;
-pub mod request;
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod gc;
 pub mod hook;
+pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod request;

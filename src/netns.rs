@@ -53,8 +53,7 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                        .map_err(io::Error::from)?;
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
                     Ok(f())
                 })
                 .join()

@@ -129,7 +129,10 @@ fn default_route_network(
 
 fn is_l3(net: &Network) -> bool {
     net.driver == Driver::Ipvlan
-        && matches!(net.mode(), crate::config::Mode::L3 | crate::config::Mode::L3s)
+        && matches!(
+            net.mode(),
+            crate::config::Mode::L3 | crate::config::Mode::L3s
+        )
 }
 
 /// Default routes of the chosen network: at most one per family.
@@ -156,16 +159,27 @@ fn default_routes(req: &NetworkRequest, net: &Network) -> Result<Vec<DefaultRout
         // l3/l3s slaves have no ARP: the route points at the device itself.
         for s in &net.subnets {
             let family = Family::of(&s.subnet.addr());
-            let seen = if family == Family::V4 { &mut have_v4 } else { &mut have_v6 };
+            let seen = if family == Family::V4 {
+                &mut have_v4
+            } else {
+                &mut have_v6
+            };
             if !*seen {
                 *seen = true;
-                routes.push(DefaultRoute { family, gateway: None });
+                routes.push(DefaultRoute {
+                    family,
+                    gateway: None,
+                });
             }
         }
         return Ok(routes);
     }
     for gw in chosen {
-        let seen = if gw.is_ipv4() { &mut have_v4 } else { &mut have_v6 };
+        let seen = if gw.is_ipv4() {
+            &mut have_v4
+        } else {
+            &mut have_v6
+        };
         if !*seen {
             *seen = true;
             routes.push(DefaultRoute {
@@ -189,7 +203,11 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
                 "address {} is outside the subnets of network {} ({})",
                 ip.addr,
                 net.name,
-                if subnets.is_empty() { "none".to_string() } else { subnets.join(", ") }
+                if subnets.is_empty() {
+                    "none".to_string()
+                } else {
+                    subnets.join(", ")
+                }
             )));
         };
         if let Some(p) = ip.prefix_len {
@@ -219,7 +237,11 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
     if net.ipam == IpamMode::Pool {
         for ranges in pool::pools_of(net) {
             let is_v4 = ranges.first().is_some_and(|r| r.subnet.addr().is_ipv4());
-            let covered = if is_v4 { families_covered.0 } else { families_covered.1 };
+            let covered = if is_v4 {
+                families_covered.0
+            } else {
+                families_covered.1
+            };
             if !covered {
                 wants.push(Want::Pool { ranges });
             }
@@ -288,14 +310,20 @@ mod tests {
     fn requested_interface_that_exists_is_refused() {
         let reqs = parse("lan@eth0").unwrap();
         let err = build(&reqs, &[lan()], &names(&["lo", "eth0"])).unwrap_err();
-        assert!(err.0.contains("eth0") && err.0.contains("already exists"), "{err}");
+        assert!(
+            err.0.contains("eth0") && err.0.contains("already exists"),
+            "{err}"
+        );
     }
 
     #[test]
     fn pooled_network_wants_one_address_per_family_unless_requested() {
         let plans = build(&parse("lan").unwrap(), &[lan()], &[]).unwrap();
         assert_eq!(plans[0].wants.len(), 2);
-        assert!(plans[0].wants.iter().all(|w| matches!(w, Want::Pool { .. })));
+        assert!(plans[0]
+            .wants
+            .iter()
+            .all(|w| matches!(w, Want::Pool { .. })));
 
         let reqs = parse(r#"[{"name":"lan","ips":["192.168.32.140/24"]}]"#).unwrap();
         let plans = build(&reqs, &[lan()], &[]).unwrap();
@@ -307,7 +335,9 @@ mod tests {
             }
         );
         // The IPv6 family is still filled from the pool.
-        assert!(matches!(&plans[0].wants[1], Want::Pool { ranges } if ranges[0].subnet.addr().is_ipv6()));
+        assert!(
+            matches!(&plans[0].wants[1], Want::Pool { ranges } if ranges[0].subnet.addr().is_ipv6())
+        );
     }
 
     #[test]
@@ -335,8 +365,14 @@ mod tests {
         assert_eq!(
             plans[1].default_routes,
             vec![
-                DefaultRoute { family: Family::V4, gateway: Some("192.168.32.254".parse().unwrap()) },
-                DefaultRoute { family: Family::V6, gateway: Some("2001:db8:32::fe".parse().unwrap()) },
+                DefaultRoute {
+                    family: Family::V4,
+                    gateway: Some("192.168.32.254".parse().unwrap())
+                },
+                DefaultRoute {
+                    family: Family::V6,
+                    gateway: Some("2001:db8:32::fe".parse().unwrap())
+                },
             ]
         );
         assert!(plans[2].default_routes.is_empty());
@@ -344,7 +380,8 @@ mod tests {
 
     #[test]
     fn marked_network_carries_the_default_route_with_its_chosen_gateway() {
-        let reqs = parse(r#"[{"name":"lan"},{"name":"storage","default-route":["10.9.0.1"]}]"#).unwrap();
+        let reqs =
+            parse(r#"[{"name":"lan"},{"name":"storage","default-route":["10.9.0.1"]}]"#).unwrap();
         let plans = build(&reqs, &[lan(), storage()], &[]).unwrap();
         assert!(plans[0].default_routes.is_empty());
         assert_eq!(plans[1].default_routes.len(), 1);
@@ -368,7 +405,13 @@ mod tests {
         assert!(err.0.contains("share the parent's MAC"), "{err}");
 
         let plans = build(&parse("storage").unwrap(), &[ipv], &[]).unwrap();
-        assert_eq!(plans[0].default_routes, vec![DefaultRoute { family: Family::V4, gateway: None }]);
+        assert_eq!(
+            plans[0].default_routes,
+            vec![DefaultRoute {
+                family: Family::V4,
+                gateway: None
+            }]
+        );
     }
 
     #[test]
@@ -379,7 +422,10 @@ mod tests {
         assert!(err.0.contains("ipam static"), "{err}");
         let reqs = vec![NetworkRequest {
             name: "storage".into(),
-            ips: vec![RequestedIp { addr: "10.9.3.4".parse().unwrap(), prefix_len: None }],
+            ips: vec![RequestedIp {
+                addr: "10.9.3.4".parse().unwrap(),
+                prefix_len: None,
+            }],
             ..Default::default()
         }];
         let plans = build(&reqs, &[s], &[]).unwrap();

@@ -189,7 +189,8 @@ struct RawNetwork {
 /// The value is untrusted: it is bounded ([`MAX_BYTES`], [`MAX_NETWORKS`]), names
 /// and interface names pass `valid_network_name` / `valid_ifname`, and every
 /// error is one line naming the byte position or the network and field at fault.
-/// An absent annotation is the caller's business (a no-op); an empty value is an error.
+/// An absent annotation is the caller's business (a no-op); an empty value is an error,
+/// while the JSON list `[]` (as generators write "no networks") is an empty request.
 pub fn parse(value: &str) -> Result<Vec<NetworkRequest>, RequestError> {
     if value.len() > MAX_BYTES {
         return Err(err(format!(
@@ -342,6 +343,8 @@ fn parse_short(value: &str) -> Result<Vec<NetworkRequest>, RequestError> {
         };
         check_name(&at, name)?;
         at.name = Some(name);
+        // Problems after the '@' point at the interface name.
+        at.byte = Some(byte + name.len() + 1);
         if let Some(ifname) = ifname {
             if ifname.contains('@') {
                 return Err(field_err(
@@ -725,6 +728,14 @@ mod tests {
                 "\"interface\"",
             ],
         );
+        // The position points at the interface name of the right item.
+        refused(
+            "x, lan@a/b",
+            &[
+                "invalid interface name \"a/b\"",
+                "network 1 (\"lan\") at byte 7",
+            ],
+        );
         refused(
             "@eth0",
             &["invalid network name \"\"", "network 0", "\"name\""],
@@ -761,8 +772,13 @@ mod tests {
 
     #[test]
     fn bad_interface_names() {
+        // Whitespace around a short-form item is trimmed; inside a JSON string it is not.
+        assert_eq!(ok("lan@eth0\n"), vec![named("lan", Some("eth0"))]);
+        refused(
+            r#"[{"name":"lan","interface":"eth0\n"}]"#,
+            &["invalid interface name \"eth0\\n\"", "network 0 (\"lan\")"],
+        );
         for bad in [
-            "eth0\n",
             "abcdefghijklmnop",
             "a/b",
             ".",
@@ -771,7 +787,7 @@ mod tests {
             "eth\t0",
             "eth:0",
             "et\u{e9}",
-            "eth0\n",
+            "eth0\u{a0}",
         ] {
             let v = format!("lan@{bad}");
             let m = refused(
@@ -922,10 +938,19 @@ mod tests {
             &["malformed JSON", "trailing characters", "byte 15"],
         );
         refused(r#"[{"name":"a"}][]"#, &["malformed JSON", "byte 14"]);
-        refused("[\n{\"name\":\"a\",}]", &["malformed JSON", "byte 13"]);
+        refused(
+            "[\n{\"name\":\"a\",}]",
+            &["malformed JSON", "trailing comma", "byte 14"],
+        );
         refused(r#"[{"name":"a""#, &["malformed JSON", "EOF"]);
         refused("[", &["malformed JSON"]);
         refused(r#"[{"name":"a\u0000"}]"#, &["invalid network name", "\\0"]);
+    }
+
+    #[test]
+    fn empty_json_list_is_no_network() {
+        assert_eq!(ok("[]"), vec![]);
+        assert_eq!(ok(" [ ] "), vec![]);
     }
 
     #[test]

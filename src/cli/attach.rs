@@ -68,7 +68,14 @@ pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
     } else {
         let rows: Vec<Vec<String>> = links
             .iter()
-            .map(|l| vec![l.ifname.clone(), l.network.clone(), l.mac.clone(), l.addresses.join(",")])
+            .map(|l| {
+                vec![
+                    l.ifname.clone(),
+                    l.network.clone(),
+                    l.mac.clone(),
+                    l.addresses.join(","),
+                ]
+            })
             .collect();
         print_table(&["INTERFACE", "NETWORK", "MAC", "ADDRESSES"], &rows);
     }
@@ -84,7 +91,10 @@ pub fn run_detach(ctx: &Context, args: DetachArgs) -> Result<()> {
     let netns = args.netns.as_deref().and_then(|p| Netns::open(p).ok());
     let freed = engine::detach(&ctx.store()?, &owner, netns.as_ref())?;
     for lease in freed {
-        println!("released {} {}/{}", lease.network, lease.address, lease.prefix_len);
+        println!(
+            "released {} {}/{}",
+            lease.network, lease.address, lease.prefix_len
+        );
     }
     Ok(())
 }

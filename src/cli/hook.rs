@@ -33,11 +33,16 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
         Verb::Attach => {
             let requests = request::parse(&value)?;
             let path = input.netns.expect("attach has a netns");
-            let netns = Netns::open(&path).map_err(|e| {
-                anyhow::anyhow!("open network namespace {}: {e}", path.display())
-            })?;
+            let netns = Netns::open(&path)
+                .map_err(|e| anyhow::anyhow!("open network namespace {}: {e}", path.display()))?;
             let store = ctx.store()?;
-            engine::attach(&ctx.networks(), &store, &input.container_id, &netns, &requests)?;
+            engine::attach(
+                &ctx.networks(),
+                &store,
+                &input.container_id,
+                &netns,
+                &requests,
+            )?;
         }
         Verb::Release => {
             engine::release(&ctx.store()?, &input.container_id)?;

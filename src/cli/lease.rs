@@ -51,12 +51,18 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                 print_table(&["NETWORK", "ADDRESS", "OWNER", "INTERFACE"], &rows);
             }
         }
-        LeaseCommand::Release { owner: Some(owner), .. } => {
+        LeaseCommand::Release {
+            owner: Some(owner), ..
+        } => {
             for l in store.release_owner(&owner)? {
                 println!("released {} {}", l.network, l.address);
             }
         }
-        LeaseCommand::Release { address: Some(address), network, .. } => {
+        LeaseCommand::Release {
+            address: Some(address),
+            network,
+            ..
+        } => {
             let networks: Vec<String> = match network {
                 Some(n) => vec![n],
                 None => {
@@ -67,7 +73,10 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                         .map(|l| l.network)
                         .collect();
                     if holders.len() > 1 {
-                        bail!("{address} is leased on several networks ({}); give --network", holders.join(", "));
+                        bail!(
+                            "{address} is leased on several networks ({}); give --network",
+                            holders.join(", ")
+                        );
                     }
                     holders
                 }

@@ -84,7 +84,12 @@ pub trait LeaseStore {
     /// Records an attachment per claim and leases every wanted address, all in one
     /// transaction. Returns the leases per claim, in the order of the claims and
     /// their wants.
-    fn reserve(&self, owner: &str, netns: &str, claims: &[Claim]) -> Result<Vec<Vec<Lease>>, IpamError>;
+    fn reserve(
+        &self,
+        owner: &str,
+        netns: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<Vec<Lease>>, IpamError>;
 
     /// The owner's attachments.
     fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError>;

@@ -52,6 +52,9 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a process waits for another one holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a waiting process retries the lock.
+const BUSY_POLL: Duration = Duration::from_micros(500);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS leases (
     network    TEXT    NOT NULL,
@@ -194,7 +197,22 @@ impl SqliteStore {
             other => other,
         };
         let mut conn = Connection::open(&path).map_err(at)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(at)?;
+        // SQLite's own busy_timeout backs off to 100 ms sleeps: under many parallel
+        // hooks a waiter keeps missing the short gaps between other writers' commits
+        // and can starve for seconds. Poll at a short, steady interval instead,
+        // giving up after the same BUSY_TIMEOUT.
+        let mut since = Instant::now();
+        conn.busy_handler(Some(move |count: i32| {
+            if count == 0 {
+                since = Instant::now();
+            }
+            if since.elapsed() >= BUSY_TIMEOUT {
+                return false;
+            }
+            std::thread::sleep(BUSY_POLL);
+            true
+        }))
+        .map_err(at)?;
         // Under WAL, synchronous=NORMAL fsyncs only at checkpoints: a commit is
         // consistent but not durable, and power loss can roll back the last leases
         // even though reserve() returned them and the container is using the
@@ -1140,7 +1158,8 @@ mod tests {
                         .create_new(true)
                         .open(&marker)
                         .unwrap_or_else(|e| panic!("{} handed out twice: {e}", addrs[0]));
-                    std::thread::yield_now();
+                    // Hold it a moment so that workers overlap and the pool runs dry.
+                    std::thread::sleep(Duration::from_millis(2));
                     fs::remove_file(&marker).unwrap();
                     assert_eq!(s.release_owner(&owner).unwrap().len(), 1);
                 }
@@ -1178,6 +1197,39 @@ mod tests {
         let s = SqliteStore::open(&state).unwrap();
         assert!(s.leases(None).unwrap().is_empty());
         assert!(s.attachments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn contention_latency() {
+        let dir = TempDir::new("lat");
+        let state = dir.0.join("state");
+        SqliteStore::open(&state).unwrap();
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..32)
+            .map(|w| {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    let s = SqliteStore::open(&state).unwrap();
+                    let n = network(
+                        "n",
+                        vec![subnet("10.0.0.0/24", None, None, &[])],
+                        IpamMode::Pool,
+                    );
+                    let mut worst = Duration::ZERO;
+                    for c in 0..20 {
+                        let owner = format!("w{w}-c{c}");
+                        let t = Instant::now();
+                        take(&s, &owner, &n).unwrap();
+                        worst = worst.max(t.elapsed());
+                        s.release_owner(&owner).unwrap();
+                    }
+                    worst
+                })
+            })
+            .collect();
+        let mut w: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        w.sort();
+        eprintln!("total {:?} worst per thread {:?}", t0.elapsed(), w);
     }
 
     const CHILD_ENV: &str = "NETATTACH_IPAM_TEST_CHILD";

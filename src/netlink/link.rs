@@ -4,8 +4,8 @@ use std::os::fd::RawFd;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode,
-    LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, LinkAttribute,
+    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -100,7 +100,10 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
         let mut msg = link_message(0);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.get(&format!("look up link {name}"), RouteNetlinkMessage::GetLink(msg)) {
+        match self.get(
+            &format!("look up link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+        ) {
             Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
             Ok(_) => Ok(None),
             Err(e) if is_no_device(&e) => Ok(None),
@@ -111,7 +114,10 @@ impl Netlink {
     /// The link with ifindex `index`, if there is one.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         let msg = link_message(index);
-        match self.get(&format!("look up link #{index}"), RouteNetlinkMessage::GetLink(msg)) {
+        match self.get(
+            &format!("look up link #{index}"),
+            RouteNetlinkMessage::GetLink(msg),
+        ) {
             Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
             Ok(_) => Ok(None),
             Err(e) if is_no_device(&e) => Ok(None),
@@ -134,7 +140,8 @@ impl Netlink {
     /// Creates a macvlan or ipvlan link; fails if the name is taken.
     pub fn create_link(&mut self, new: &NewLink<'_>) -> Result<()> {
         let mut msg = link_message(0);
-        msg.attributes.push(LinkAttribute::IfName(new.name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfName(new.name.to_string()));
         msg.attributes.push(LinkAttribute::Link(new.lower));
         if let Some(fd) = new.netns_fd {
             msg.attributes.push(LinkAttribute::NetNsFd(fd));
@@ -186,7 +193,11 @@ impl Netlink {
     pub fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
         let mut msg = link_message(index);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.request(&format!("rename link to {name}"), RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(
+            &format!("rename link to {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
     }
 
     /// Brings a link up.
@@ -194,7 +205,11 @@ impl Netlink {
         let mut msg = link_message(index);
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.request(&format!("bring up {name}"), RouteNetlinkMessage::SetLink(msg), 0)
+        self.request(
+            &format!("bring up {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
     }
 
     /// Deletes a link.

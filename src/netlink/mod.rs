@@ -107,9 +107,13 @@ impl Netlink {
             let mut offset = 0;
             while offset < len {
                 let bytes = &self.buf[offset..len];
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
-                    NetlinkError::io(op, io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-                })?;
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                        NetlinkError::io(
+                            op,
+                            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                        )
+                    })?;
                 let msg_len = msg.header.length as usize;
                 if msg_len == 0 {
                     break;
@@ -144,7 +148,11 @@ impl Netlink {
     }
 
     /// Sends a request and returns the single reply it produces (e.g. a GET by name).
-    pub fn get(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Option<RouteNetlinkMessage>> {
+    pub fn get(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Option<RouteNetlinkMessage>> {
         let seq = self.send(op, msg, NLM_F_ACK)?;
         let mut reply = None;
         self.receive(op, seq, |m| {
