@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{
+use rusqlite::{config::DbConfig, 
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
@@ -213,6 +213,12 @@ impl SqliteStore {
             true
         }))
         .map_err(at)?;
+        // Each hook is a short-lived process, usually the only connection: by
+        // default its close would checkpoint the WAL into the database and delete
+        // it (two more fsyncs and an unlink per container start). Leave that to
+        // SQLite's automatic checkpoint every 1000 pages instead.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(at)?;
         // Under WAL, synchronous=NORMAL fsyncs only at checkpoints: a commit is
         // consistent but not durable, and power loss can roll back the last leases
         // even though reserve() returned them and the container is using the
@@ -1199,13 +1205,15 @@ mod tests {
         assert!(s.attachments().unwrap().is_empty());
     }
 
+    /// Prints the worst wait of one reserve per thread when 16 writers contend
+    /// (a sanity check of the busy handler; no assertion on time).
     #[test]
     fn contention_latency() {
         let dir = TempDir::new("lat");
         let state = dir.0.join("state");
         SqliteStore::open(&state).unwrap();
         let t0 = Instant::now();
-        let handles: Vec<_> = (0..32)
+        let handles: Vec<_> = (0..16)
             .map(|w| {
                 let state = state.clone();
                 std::thread::spawn(move || {
@@ -1216,7 +1224,7 @@ mod tests {
                         IpamMode::Pool,
                     );
                     let mut worst = Duration::ZERO;
-                    for c in 0..20 {
+                    for c in 0..10 {
                         let owner = format!("w{w}-c{c}");
                         let t = Instant::now();
                         take(&s, &owner, &n).unwrap();
@@ -1229,7 +1237,11 @@ mod tests {
             .collect();
         let mut w: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         w.sort();
-        eprintln!("total {:?} worst per thread {:?}", t0.elapsed(), w);
+        eprintln!(
+            "16 writers x 10 cycles: total {:?}, worst reserve per thread {:?}",
+            t0.elapsed(),
+            w
+        );
     }
 
     const CHILD_ENV: &str = "NETATTACH_IPAM_TEST_CHILD";
