@@ -78,7 +78,7 @@ pub fn attach(
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
     let plans = plan::build(&todo_requests, &todo_networks, &names)?;
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
-    let leases = store.reserve(owner, &target.path().to_string_lossy(), &claims)?;
+    let leases = store.reserve(owner, &target.identity()?, &claims)?;
 
     let mut created = Vec::new();
     let result = apply(

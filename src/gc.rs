@@ -79,3 +79,40 @@ mod tests {
         assert!(live_netns_inodes().contains(&own));
     }
 }
+
+/// What `collect` freed for one attachment whose netns is gone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Freed {
+    pub owner: String,
+    pub network: String,
+    pub netns: String,
+    pub leases: Vec<crate::ipam::Lease>,
+}
+
+/// Frees the leases and attachments of owners whose netns no longer exists
+/// anywhere on this host.
+pub fn collect(store: &dyn crate::ipam::LeaseStore) -> Result<Vec<Freed>, crate::ipam::IpamError> {
+    let attachments = store.attachments()?;
+    if attachments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let live = live_netns_inodes();
+    let mut freed = Vec::new();
+    for a in attachments {
+        // An identity we cannot read (written by something else) is left alone.
+        let Some(inode) = a.netns_inode() else {
+            continue;
+        };
+        if live.contains(&inode) {
+            continue;
+        }
+        let leases = store.release_networks(&a.owner, std::slice::from_ref(&a.network))?;
+        freed.push(Freed {
+            owner: a.owner,
+            network: a.network,
+            netns: a.netns,
+            leases,
+        });
+    }
+    Ok(freed)
+}

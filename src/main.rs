@@ -36,6 +36,8 @@ enum Command {
     /// List and release leases.
     #[command(subcommand)]
     Lease(cli::lease::LeaseCommand),
+    /// Free the leases of containers whose network namespace is gone.
+    Gc(cli::gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => cli::attach::run_attach(&ctx, args),
         Command::Detach(args) => cli::attach::run_detach(&ctx, args),
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
+        Command::Gc(args) => cli::gc::run(&ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

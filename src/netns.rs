@@ -41,6 +41,12 @@ impl Netns {
         Ok((meta.dev(), meta.ino()))
     }
 
+    /// The kernel's name for the namespace, `net:[INODE]` (what readlink of
+    /// `/proc/PID/ns/net` shows): stable for its whole life, unlike the path.
+    pub fn identity(&self) -> io::Result<String> {
+        Ok(format!("net:[{}]", self.id()?.1))
+    }
+
     /// Whether this is the namespace the calling thread is in.
     pub fn is_current(&self) -> io::Result<bool> {
         let own = std::fs::metadata("/proc/thread-self/ns/net")?;

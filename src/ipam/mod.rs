@@ -21,7 +21,7 @@ pub struct Lease {
     pub owner: String,
     /// Interface name inside the owner's netns.
     pub ifname: String,
-    /// The netns path the owner was attached in (used by `gc`).
+    /// The owner's netns as the kernel names it, `net:[INODE]` (used by `gc`).
     pub netns: String,
     /// Seconds since the epoch.
     pub created: u64,
@@ -33,8 +33,20 @@ pub struct Attachment {
     pub owner: String,
     pub network: String,
     pub ifname: String,
+    /// The owner's netns, `net:[INODE]`.
     pub netns: String,
     pub created: u64,
+}
+
+impl Attachment {
+    /// The inode of the owner's netns, from its `net:[INODE]` identity.
+    pub fn netns_inode(&self) -> Option<u64> {
+        self.netns
+            .strip_prefix("net:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    }
 }
 
 /// One address family's pool of a network: where pooled addresses come from.
