@@ -89,6 +89,12 @@ pub fn build(
                 net.name
             )));
         }
+        if req.mac.is_some() && net.mode() == crate::config::Mode::Passthru {
+            return Err(refuse(format!(
+                "network {}: a passthru interface carries its parent's MAC; remove \"mac\" from the request",
+                net.name
+            )));
+        }
         let wants = wanted_addresses(req, net)?;
         let default_routes = if default_network == Some(i) {
             default_routes(req, net)?
