@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Driver, IpvlanFlag, Mode, Network, NetworkDir};
 use crate::ipam::{Lease, LeaseStore};
-use crate::netlink::link::{LinkKind, NewLink};
+use crate::netlink::link::{Link, LinkKind, NewLink};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Netns};
 use crate::plan::{self, LinkPlan};
@@ -50,23 +50,41 @@ pub fn attach(
         .run(Netlink::open)
         .context("enter the container's network namespace")??;
 
-    // Idempotency: networks this owner already has, with their link in place, are done.
+    // Idempotency: networks this owner already has, with their link complete
+    // (up, every leased address on it), are done. Anything less is what an
+    // attach killed half-way left: remove it and start that network over.
     let mut done = Vec::new();
     let mut todo_requests = Vec::new();
     let mut todo_networks = Vec::new();
     let previous = store.attachments_of(owner)?;
+    if previous
+        .iter()
+        .any(|a| requests.iter().any(|r| r.name == a.network))
+    {
+        remove_orphaned_temporary_links(&mut inside)?;
+    }
     for (req, net) in requests.iter().zip(definitions) {
         if let Some(a) = previous.iter().find(|a| a.network == net.name) {
+            let leases: Vec<Lease> = store
+                .leases(Some(&net.name))?
+                .into_iter()
+                .filter(|l| l.owner == owner)
+                .collect();
             match inside.link_by_name(&a.ifname)? {
-                Some(link) if matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan")) => {
-                    done.push(existing_link(store, owner, &net.name, &a.ifname, link.mac)?);
+                Some(link) if is_ours(&link) && is_complete(&mut inside, &link, &leases)? => {
+                    done.push(AttachedLink {
+                        network: net.name.clone(),
+                        ifname: a.ifname.clone(),
+                        mac: link.mac.map(format_mac).unwrap_or_default(),
+                        addresses: leases.iter().map(cidr).collect(),
+                        existing: true,
+                    });
                     continue;
                 }
-                // Recorded but not there (an attach that crashed half-way): start over.
-                _ => {
-                    store.release_networks(owner, std::slice::from_ref(&net.name))?;
-                }
+                Some(link) if is_ours(&link) => inside.delete_link(link.index)?,
+                _ => {}
             }
+            store.release_networks(owner, std::slice::from_ref(&net.name))?;
         }
         todo_requests.push(req.clone());
         todo_networks.push(net);
@@ -137,30 +155,53 @@ pub fn detach(store: &dyn LeaseStore, owner: &str, target: Option<&Netns>) -> Re
     release(store, owner)
 }
 
-fn existing_link(
-    store: &dyn LeaseStore,
-    owner: &str,
-    network: &str,
-    ifname: &str,
-    mac: Option<[u8; 6]>,
-) -> Result<AttachedLink> {
-    let addresses = store
-        .leases(Some(network))?
-        .into_iter()
-        .filter(|l| l.owner == owner)
-        .map(|l| format!("{}/{}", l.address, l.prefix_len))
-        .collect();
-    Ok(AttachedLink {
-        network: network.to_string(),
-        ifname: ifname.to_string(),
-        mac: mac.map(format_mac).unwrap_or_default(),
-        addresses,
-        existing: true,
-    })
-}
-
 fn format_mac(m: [u8; 6]) -> String {
     crate::request::MacAddr(m).to_string()
+}
+
+fn cidr(lease: &Lease) -> String {
+    format!("{}/{}", lease.address, lease.prefix_len)
+}
+
+fn is_ours(link: &Link) -> bool {
+    matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))
+}
+
+/// A link an attach finished: up, with every address leased for it.
+fn is_complete(inside: &mut Netlink, link: &Link, leases: &[Lease]) -> Result<bool> {
+    if !link.up {
+        return Ok(false);
+    }
+    let present = inside.addresses()?;
+    Ok(leases.iter().all(|l| {
+        present
+            .iter()
+            .any(|a| a.index == link.index && a.address == l.address)
+    }))
+}
+
+/// Deletes links left under a temporary name by an attach process that died
+/// between creating and renaming them.
+fn remove_orphaned_temporary_links(inside: &mut Netlink) -> Result<()> {
+    for link in inside.links()? {
+        let Some(pid) = temporary_name_pid(&link.name) else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if is_ours(&link) && !alive {
+            inside.delete_link(link.index)?;
+        }
+    }
+    Ok(())
+}
+
+/// The pid in a name made by `temporary_name`, if it is one.
+fn temporary_name_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("na")?.split_once('t')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    u32::from_str_radix(pid, 16).ok()
 }
 
 /// Creates and configures every planned link; `created` collects the ifindexes
@@ -183,10 +224,7 @@ fn apply(
             network: plan.network.name.clone(),
             ifname: plan.ifname.clone(),
             mac: mac.map(format_mac).unwrap_or_default(),
-            addresses: leases
-                .iter()
-                .map(|l| format!("{}/{}", l.address, l.prefix_len))
-                .collect(),
+            addresses: leases.iter().map(cidr).collect(),
             existing: false,
         });
     }
@@ -348,4 +386,19 @@ fn explain_create_error(net: &Network, e: NetlinkError) -> anyhow::Error {
         net.name,
         net.driver
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_carry_the_pid_and_fit_an_interface_name() {
+        let name = temporary_name();
+        assert!(crate::config::valid_ifname(&name), "{name}");
+        assert_eq!(temporary_name_pid(&name), Some(std::process::id()));
+        assert_eq!(temporary_name_pid("eth0"), None);
+        assert_eq!(temporary_name_pid("nat"), None);
+        assert_eq!(temporary_name_pid("na1ft"), None);
+    }
 }
