@@ -96,7 +96,8 @@ pub fn attach(
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
     let plans = plan::build(&todo_requests, &todo_networks, &names)?;
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
-    let leases = store.reserve(owner, &target.identity()?, &claims)?;
+    let identity = target.identity(inside.netns_cookie()?)?;
+    let leases = store.reserve(owner, &identity, &claims)?;
 
     let mut created = Vec::new();
     let result = apply(

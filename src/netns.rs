@@ -41,10 +41,17 @@ impl Netns {
         Ok((meta.dev(), meta.ino()))
     }
 
-    /// The kernel's name for the namespace, `net:[INODE]` (what readlink of
-    /// `/proc/PID/ns/net` shows): stable for its whole life, unlike the path.
-    pub fn identity(&self) -> io::Result<String> {
-        Ok(format!("net:[{}]", self.id()?.1))
+    /// How leases remember the namespace: `net:[INODE]#COOKIE`. The inode is
+    /// what `/proc/PID/ns/net` shows, but the kernel reuses inode numbers once a
+    /// namespace is gone; the cookie (SO_NETNS_COOKIE) is never reused.
+    pub fn identity(&self, cookie: u64) -> io::Result<String> {
+        Ok(format!("net:[{}]#{cookie}", self.id()?.1))
+    }
+
+    /// The namespace's cookie, read from a socket opened inside it.
+    pub fn cookie(&self) -> io::Result<u64> {
+        self.run(|| crate::netlink::Netlink::open()?.netns_cookie())?
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// Whether this is the namespace the calling thread is in.

@@ -21,7 +21,7 @@ pub struct Lease {
     pub owner: String,
     /// Interface name inside the owner's netns.
     pub ifname: String,
-    /// The owner's netns as the kernel names it, `net:[INODE]` (used by `gc`).
+    /// The owner's netns, `net:[INODE]#COOKIE` (used by `gc`).
     pub netns: String,
     /// Seconds since the epoch.
     pub created: u64,
@@ -33,19 +33,16 @@ pub struct Attachment {
     pub owner: String,
     pub network: String,
     pub ifname: String,
-    /// The owner's netns, `net:[INODE]`.
+    /// The owner's netns, `net:[INODE]#COOKIE` (see `Netns::identity`).
     pub netns: String,
     pub created: u64,
 }
 
 impl Attachment {
-    /// The inode of the owner's netns, from its `net:[INODE]` identity.
-    pub fn netns_inode(&self) -> Option<u64> {
-        self.netns
-            .strip_prefix("net:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()
+    /// The inode and cookie of the owner's netns, from its identity.
+    pub fn netns_id(&self) -> Option<(u64, u64)> {
+        let (inode, cookie) = self.netns.strip_prefix("net:[")?.split_once("]#")?;
+        Some((inode.parse().ok()?, cookie.parse().ok()?))
     }
 }
 

@@ -36,8 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{config::DbConfig, 
-    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+use rusqlite::{
+    config::DbConfig, params, Connection, ErrorCode, OptionalExtension, Row, Transaction,
+    TransactionBehavior,
 };
 
 use super::pool::{addr_to_u128, ranges_label, u128_to_addr};

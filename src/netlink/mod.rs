@@ -10,6 +10,7 @@ pub mod link;
 pub mod route;
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
@@ -74,6 +75,30 @@ impl Netlink {
             seq: 0,
             buf: vec![0; 64 * 1024],
         })
+    }
+
+    /// The cookie of the namespace this socket lives in: unique for the host's
+    /// uptime and never reused, unlike the namespace's inode number.
+    pub fn netns_cookie(&self) -> Result<u64> {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(NetlinkError::io(
+                "read the netns cookie",
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(cookie)
     }
 
     fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
