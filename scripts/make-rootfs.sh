@@ -25,7 +25,8 @@ dir=$1
 busybox=""
 for candidate in /bin/busybox /usr/bin/busybox; do
     # The static build has no ELF interpreter; the dynamic one would need libc in the rootfs.
-    if [[ -x $candidate ]] && ! head -c 4096 "$candidate" | grep -aq 'ld-linux'; then
+    # (grep -c reads all its input: no SIGPIPE for head under pipefail)
+    if [[ -x $candidate ]] && ! head -c 4096 "$candidate" | grep -ac 'ld-linux' >/dev/null; then
         busybox=$candidate
         break
     fi

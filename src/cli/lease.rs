@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::{print_table, Context};
 use crate::ipam::LeaseStore;
+use crate::{plan, request};
 
 #[derive(Subcommand)]
 pub enum LeaseCommand {
@@ -16,6 +17,17 @@ pub enum LeaseCommand {
         network: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Lease addresses of a network to an owner that is not a container (a
+    /// host or appliance on the LAN), so no container ever gets them.
+    Reserve {
+        /// Who holds the addresses.
+        #[arg(long)]
+        owner: String,
+        /// Specific address(es); without, one per family from the pool.
+        #[arg(long)]
+        ip: Vec<String>,
+        network: String,
     },
     /// Free the leases of an owner, or one address.
     Release {
@@ -49,6 +61,21 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                     })
                     .collect();
                 print_table(&["NETWORK", "ADDRESS", "OWNER", "INTERFACE"], &rows);
+            }
+        }
+        LeaseCommand::Reserve { owner, ip, network } => {
+            let mut entry = serde_json::json!({ "name": network });
+            if !ip.is_empty() {
+                entry["ips"] = ip.into();
+            }
+            let requests = request::parse(&serde_json::json!([entry]).to_string())?;
+            let definition = ctx.networks().load(&network)?;
+            let plans = plan::build(&requests, &[definition], &[])?;
+            let mut claim = plans[0].claim();
+            // Not an interface: the lease is the host's, not a container's.
+            claim.ifname = "-".to_string();
+            for lease in store.reserve(&owner, "", &[claim])?.concat() {
+                println!("{}/{}", lease.address, lease.prefix_len);
             }
         }
         LeaseCommand::Release {

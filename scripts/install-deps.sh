@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need on Debian 12 (bookworm). Idempotent.
+# Run as root. Rust itself (cargo, rustfmt, clippy) is expected from rustup.
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+packages=(
+    iproute2           # ip: the tests build fake LANs in network namespaces
+    util-linux         # nsenter, unshare, mountpoint
+    iputils-ping       # ping from test namespaces
+    jq                 # scripts/demo.sh edits config.json
+    runc               # OCI runtime under test
+    crun               # OCI runtime under test
+    podman             # hooks.d face (pulls conmon)
+    netavark           # podman's network backend; a peer for benchmarks
+    busybox-static     # the containers' root filesystem
+    containernetworking-plugins  # CNI reference plugins (peers for benchmarks)
+    ca-certificates
+    build-essential    # cc for the bundled sqlite
+    pkg-config
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test suite, as root on Debian 12: installs the dependencies, then runs
+# every test (unit, integration, end to end through runc, crun and podman).
+# Extra arguments go to the test binaries, e.g. `scripts/test.sh runc`.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
+require_root
+"$repo/scripts/install-deps.sh"
+find_cargo
+cd "$repo"
+
+# Missing prerequisites fail the root-only tests instead of skipping them.
+export NETATTACH_TESTS_STRICT=1
+cargo test --release -- --test-threads=2 "$@"
