@@ -533,6 +533,60 @@ fn podman_attach_and_refusals() {
     scenario(Runtime::Podman);
 }
 
+/// Pooled addressing through runc: two containers on one pool get different
+/// addresses, reach each other and the gateway, and `runc delete` frees both.
+#[test]
+fn runc_two_pooled_containers() {
+    if skip_without(Runtime::Runc) {
+        return;
+    }
+    let h = Harness::new(Runtime::Runc);
+    let lan = &h.lan;
+    let script = format!("ip -o -4 addr show eth0; echo {DONE_MARK}; exec sleep 600");
+    let names = [format!("na{}p1", lan.tag), format!("na{}p2", lan.tag)];
+    let mut addresses = Vec::new();
+    for name in &names {
+        h.start_detached(name, "lan", &script);
+        let logs = h.wait_logs(name, DONE_MARK);
+        let leased = leases(lan)
+            .into_iter()
+            .filter(|(owner, _)| owner == name)
+            .map(|(_, address)| address)
+            .collect::<Vec<_>>();
+        assert_eq!(leased.len(), 1, "{name}: {leased:?}");
+        let address = leased[0].split('/').next().unwrap().to_string();
+        assert!(
+            logs.contains(&format!("inet {}/24 ", leased[0])),
+            "{name} lacks {}: {logs}",
+            leased[0]
+        );
+        addresses.push(address);
+    }
+    assert_ne!(addresses[0], addresses[1], "two containers, one address");
+    // Traffic from inside each container's own netns.
+    for (i, name) in names.iter().enumerate() {
+        let state: Value = serde_json::from_slice(&h.output(&["state", name]).stdout).unwrap();
+        let netns = format!("--net=/proc/{}/ns/net", state["pid"]);
+        for target in [lan.gw4.as_str(), addresses[1 - i].as_str()] {
+            let out = common::run("nsenter", &[&netns, "ping", "-c1", "-W2", target]);
+            assert!(
+                out.status.success(),
+                "{name} cannot reach {target}: {}",
+                text(&out)
+            );
+        }
+    }
+    for name in &names {
+        let out = h.delete(name);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(
+        leases(lan).is_empty(),
+        "leases left after runc delete: {:?}",
+        leases(lan)
+    );
+}
+
 /// The shipped hooks.d files are oci-hooks 1.0.0 and fire only on the annotation.
 #[test]
 fn shipped_hooks_d_files() {
