@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
-use super::{print_table, Context};
+use super::{print_table, single_request, Context};
 use crate::engine;
 use crate::netns::Netns;
-use crate::request::{self, NetworkRequest};
 
 #[derive(Args)]
 pub struct AttachArgs {
@@ -44,20 +43,10 @@ pub struct DetachArgs {
 pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
     // The same grammar and checks as the annotation: build its JSON form.
     let (name, interface) = match args.network.split_once('@') {
-        Some((n, i)) => (n.to_string(), Some(i.to_string())),
-        None => (args.network.clone(), None),
+        Some((n, i)) => (n, Some(i)),
+        None => (args.network.as_str(), None),
     };
-    let mut entry = serde_json::json!({ "name": name });
-    if let Some(i) = interface {
-        entry["interface"] = i.into();
-    }
-    if !args.ip.is_empty() {
-        entry["ips"] = args.ip.clone().into();
-    }
-    if let Some(mac) = &args.mac {
-        entry["mac"] = mac.clone().into();
-    }
-    let requests: Vec<NetworkRequest> = request::parse(&serde_json::json!([entry]).to_string())?;
+    let requests = single_request(name, interface, &args.ip, args.mac.as_deref())?;
     let netns = Netns::open(&args.netns)
         .map_err(|e| anyhow!("open network namespace {}: {e}", args.netns.display()))?;
     let owner = args.id.unwrap_or_else(|| args.netns.display().to_string());

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 
-use super::{print_table, Context};
+use super::{print_table, single_request, Context};
 use crate::ipam::LeaseStore;
-use crate::{plan, request};
+use crate::plan;
 
 #[derive(Subcommand)]
 pub enum LeaseCommand {
@@ -64,11 +64,7 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
             }
         }
         LeaseCommand::Reserve { owner, ip, network } => {
-            let mut entry = serde_json::json!({ "name": network });
-            if !ip.is_empty() {
-                entry["ips"] = ip.into();
-            }
-            let requests = request::parse(&serde_json::json!([entry]).to_string())?;
+            let requests = single_request(&network, None, &ip, None)?;
             let definition = ctx.networks().load(&network)?;
             let plans = plan::build(&requests, &[definition], &[])?;
             let mut claim = plans[0].claim();

@@ -31,6 +31,29 @@ impl Context {
     }
 }
 
+/// A request for one network from command-line values, through the same
+/// grammar and checks as the annotation (its JSON form).
+pub fn single_request(
+    network: &str,
+    interface: Option<&str>,
+    ips: &[String],
+    mac: Option<&str>,
+) -> anyhow::Result<Vec<crate::request::NetworkRequest>> {
+    let mut entry = serde_json::json!({ "name": network });
+    if let Some(i) = interface {
+        entry["interface"] = i.into();
+    }
+    if !ips.is_empty() {
+        entry["ips"] = ips.into();
+    }
+    if let Some(mac) = mac {
+        entry["mac"] = mac.into();
+    }
+    Ok(crate::request::parse(
+        &serde_json::json!([entry]).to_string(),
+    )?)
+}
+
 /// Prints rows as aligned columns under a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

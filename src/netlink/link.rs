@@ -91,38 +91,27 @@ impl Link {
     }
 }
 
-fn is_no_device(e: &super::NetlinkError) -> bool {
-    e.errno() == Some(libc::ENODEV)
-}
-
 impl Netlink {
-    /// The link called `name`, if there is one.
-    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        let mut msg = link_message(0);
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.get(
-            &format!("look up link {name}"),
-            RouteNetlinkMessage::GetLink(msg),
-        ) {
+    /// Sends a GETLINK for one link; a missing link is `None`, not an error.
+    fn get_link(&mut self, op: &str, msg: LinkMessage) -> Result<Option<Link>> {
+        match self.get(op, RouteNetlinkMessage::GetLink(msg)) {
             Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
             Ok(_) => Ok(None),
-            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    /// The link called `name`, if there is one.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut msg = link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(&format!("look up link {name}"), msg)
+    }
+
     /// The link with ifindex `index`, if there is one.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        let msg = link_message(index);
-        match self.get(
-            &format!("look up link #{index}"),
-            RouteNetlinkMessage::GetLink(msg),
-        ) {
-            Ok(Some(RouteNetlinkMessage::NewLink(m))) => Ok(Some(Link::from_message(m))),
-            Ok(_) => Ok(None),
-            Err(e) if is_no_device(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(&format!("look up link #{index}"), link_message(index))
     }
 
     /// Every link of the namespace.
