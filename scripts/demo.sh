@@ -52,9 +52,7 @@ step "2. Building netattach"
 if [[ -n ${NETATTACH_BIN:-} ]]; then
     bin=$(readlink -f "$NETATTACH_BIN")
 else
-    find_cargo
-    (cd "$repo" && cargo build --release --quiet)
-    bin=$repo/target/release/netattach
+    bin=$("$repo/scripts/build.sh")
 fi
 echo "binary: $bin"
 na() { in_host "$bin" --config-dir "$conf" --state-dir "$state" "$@"; }
