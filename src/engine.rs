@@ -15,6 +15,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Netns};
 use crate::plan::{self, LinkPlan};
 use crate::request::NetworkRequest;
+use crate::vlan;
 
 /// One interface as it ended up in the container.
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +96,7 @@ pub fn attach(
 
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
     let plans = plan::build(&todo_requests, &todo_networks, &names)?;
+    check_parent_sharing(networks, store, &plans)?;
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
     let identity = target.identity(inside.netns_cookie()?)?;
     let leases = store.reserve(owner, &identity, &claims)?;
@@ -103,6 +105,7 @@ pub fn attach(
     let result = apply(
         &mut host,
         &mut inside,
+        store,
         target,
         &plans,
         &leases,
@@ -210,6 +213,7 @@ fn temporary_name_pid(name: &str) -> Option<u32> {
 fn apply(
     host: &mut Netlink,
     inside: &mut Netlink,
+    store: &dyn LeaseStore,
     target: &Netns,
     plans: &[LinkPlan],
     leases: &[Vec<Lease>],
@@ -217,7 +221,7 @@ fn apply(
 ) -> Result<Vec<AttachedLink>> {
     let mut attached = Vec::with_capacity(plans.len());
     for (plan, leases) in plans.iter().zip(leases) {
-        let index = create_link(host, inside, target, plan)?;
+        let index = create_link(host, inside, store, target, plan)?;
         created.push(index);
         configure_link(inside, target, plan, index, leases)?;
         let mac = inside.link_by_index(index)?.and_then(|l| l.mac);
@@ -245,6 +249,65 @@ fn apply(
     Ok(attached)
 }
 
+/// The kernel lets one parent carry either macvlan or ipvlan links, and one
+/// ipvlan mode (a new l3 slave silently switches the l2 ones of that parent);
+/// passthru wants the parent alone. Refuse before anything is created when
+/// another network on the same parent is in use in a way that clashes.
+fn check_parent_sharing(
+    networks: &NetworkDir,
+    store: &dyn LeaseStore,
+    plans: &[LinkPlan],
+) -> Result<()> {
+    let mut definitions = None;
+    for (i, plan) in plans.iter().enumerate() {
+        let net = &plan.network;
+        // Networks of this same attach share nothing yet but clash all the same.
+        for other in &plans[..i] {
+            if let Some(rule) = clash(net, &other.network) {
+                bail!(
+                    "networks {} and {} share parent {}: {rule}",
+                    other.network.name,
+                    net.name,
+                    net.parent
+                );
+            }
+        }
+        let all = match &mut definitions {
+            Some(all) => all,
+            None => definitions.insert(networks.list()?),
+        };
+        for other in all.iter().filter(|o| o.name != net.name) {
+            if let Some(rule) = clash(net, other) {
+                let users = store.attachment_count(&other.name)?;
+                if users > 0 {
+                    bail!(
+                        "network {}: parent {} carries {users} attachment(s) of network {} ({} {}); {rule}",
+                        net.name, net.parent, other.name, other.driver, other.mode()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why two networks cannot be in use on one parent at once, if they cannot.
+fn clash(a: &Network, b: &Network) -> Option<&'static str> {
+    if a.parent != b.parent {
+        return None;
+    }
+    if a.driver != b.driver {
+        return Some("a parent carries either macvlan or ipvlan links, not both");
+    }
+    if a.driver == Driver::Ipvlan && a.mode() != b.mode() {
+        return Some("all ipvlan links of a parent share one ipvlan mode");
+    }
+    if a.mode() == Mode::Passthru || b.mode() == Mode::Passthru {
+        return Some("passthru needs the parent to itself");
+    }
+    None
+}
+
 static TEMP_NAMES: AtomicU32 = AtomicU32::new(0);
 
 /// A name for the link between its creation and its rename, unique on this host.
@@ -258,19 +321,22 @@ fn temporary_name() -> String {
 fn create_link(
     host: &mut Netlink,
     inside: &mut Netlink,
+    store: &dyn LeaseStore,
     target: &Netns,
     plan: &LinkPlan,
 ) -> Result<u32> {
     let net = &plan.network;
     // Resolved here, per link, so a parent that vanished since an earlier link
     // of the same attach is reported as such.
-    let parent = host.link_by_name(&net.parent)?.ok_or_else(|| {
-        anyhow!(
-            "network {}: parent interface {} does not exist",
-            net.name,
-            net.parent
-        )
-    })?;
+    let parent = vlan::ensure_parent(host, store, &net.parent)
+        .with_context(|| format!("network {}", net.name))?
+        .ok_or_else(|| {
+            anyhow!(
+                "network {}: parent interface {} does not exist",
+                net.name,
+                net.parent
+            )
+        })?;
     if let (Some(mtu), Some(parent_mtu)) = (net.mtu, parent.mtu) {
         if mtu > parent_mtu {
             bail!(
@@ -401,5 +467,41 @@ mod tests {
         assert_eq!(temporary_name_pid("eth0"), None);
         assert_eq!(temporary_name_pid("nat"), None);
         assert_eq!(temporary_name_pid("na1ft"), None);
+    }
+
+    fn network(driver: Driver, mode: Mode, parent: &str) -> Network {
+        Network {
+            name: format!("{driver}-{mode}-{parent}"),
+            driver,
+            parent: parent.into(),
+            mode: Some(mode),
+            flag: None,
+            mtu: None,
+            subnets: Vec::new(),
+            internal: false,
+            ipam: crate::config::IpamMode::Static,
+        }
+    }
+
+    #[test]
+    fn parent_sharing_rules_follow_the_kernel() {
+        use Driver::*;
+        let mac = |m| network(Macvlan, m, "eth0");
+        let ipv = |m| network(Ipvlan, m, "eth0");
+        assert_eq!(clash(&mac(Mode::Bridge), &mac(Mode::Private)), None);
+        assert_eq!(clash(&ipv(Mode::L2), &ipv(Mode::L2)), None);
+        assert!(clash(&mac(Mode::Bridge), &ipv(Mode::L2))
+            .unwrap()
+            .contains("either macvlan or ipvlan"));
+        assert!(clash(&ipv(Mode::L2), &ipv(Mode::L3))
+            .unwrap()
+            .contains("one ipvlan mode"));
+        assert!(clash(&mac(Mode::Passthru), &mac(Mode::Bridge))
+            .unwrap()
+            .contains("passthru"));
+        assert_eq!(
+            clash(&mac(Mode::Bridge), &network(Ipvlan, Mode::L3, "eth1")),
+            None
+        );
     }
 }

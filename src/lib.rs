@@ -17,3 +17,4 @@ pub mod netlink;
 pub mod netns;
 pub mod plan;
 pub mod request;
+pub mod vlan;

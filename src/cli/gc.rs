@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::Context;
+use crate::netlink::Netlink;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -13,9 +14,12 @@ pub struct GcArgs {
 }
 
 pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
-    let freed = crate::gc::collect(&ctx.store()?)?;
+    let store = ctx.store()?;
+    let freed = crate::gc::collect(&store)?;
+    let vlans = crate::vlan::prune(&mut Netlink::open()?, &store, &ctx.networks())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&freed)?);
+        let report = serde_json::json!({ "freed": freed, "removed_vlans": vlans });
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     for f in &freed {
@@ -36,7 +40,10 @@ pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
             f.netns
         );
     }
-    if freed.is_empty() {
+    for vlan in &vlans {
+        println!("removed VLAN link {vlan} (created by netattach, now unused)");
+    }
+    if freed.is_empty() && vlans.is_empty() {
         println!("nothing to free");
     }
     Ok(())

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use super::{print_table, Context};
 use crate::config::{Driver, IpamMode, IpvlanFlag, Mode, Network, Subnet};
 use crate::ipam::LeaseStore;
+use crate::netlink::Netlink;
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
@@ -104,6 +105,9 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
             for name in names {
                 dir.remove(&name)?;
                 println!("{name}");
+            }
+            for vlan in crate::vlan::prune(&mut Netlink::open()?, &store, &dir)? {
+                println!("removed VLAN link {vlan} (created by netattach, now unused)");
             }
         }
     }

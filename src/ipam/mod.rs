@@ -116,6 +116,19 @@ pub trait LeaseStore {
     /// Frees one address; returns the lease if there was one.
     fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError>;
 
+    /// How many owners are attached to `network`.
+    fn attachment_count(&self, network: &str) -> Result<usize, IpamError>;
+
+    /// Remembers that netattach created the 802.1Q link `name` (so it may
+    /// remove it once nothing uses it).
+    fn record_vlan(&self, name: &str) -> Result<(), IpamError>;
+
+    /// Forgets a VLAN link recorded by `record_vlan`.
+    fn forget_vlan(&self, name: &str) -> Result<(), IpamError>;
+
+    /// The VLAN links netattach created.
+    fn vlans(&self) -> Result<Vec<String>, IpamError>;
+
     /// Leases, of one network or of all, ordered by network then address.
     fn leases(&self, network: Option<&str>) -> Result<Vec<Lease>, IpamError>;
 }

@@ -48,7 +48,7 @@ use super::{Attachment, Claim, IpamError, Lease, LeaseStore, PoolRange, Want};
 pub const DB_FILE: &str = "leases.db";
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a process waits for another one holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +83,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     last    BLOB NOT NULL,
     PRIMARY KEY (network, range)
 ) WITHOUT ROWID;
-PRAGMA user_version = 1;
+CREATE INDEX IF NOT EXISTS attachments_network ON attachments (network);
+CREATE TABLE IF NOT EXISTS vlans (
+    name    TEXT    NOT NULL PRIMARY KEY,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
 ";
 
 const LEASE_COLUMNS: &str = "network, key, prefix_len, owner, ifname, netns, created";
@@ -606,6 +611,41 @@ impl LeaseStore for SqliteStore {
         )?;
         tx.commit().map_err(db)?;
         Ok(freed.into_iter().next())
+    }
+
+    fn attachment_count(&self, network: &str) -> Result<usize, IpamError> {
+        let conn = self.conn();
+        let count: i64 = conn
+            .prepare_cached("SELECT count(*) FROM attachments WHERE network = ?1")
+            .and_then(|mut stmt| stmt.query_row([network], |r| r.get(0)))
+            .map_err(db)?;
+        Ok(count as usize)
+    }
+
+    fn record_vlan(&self, name: &str) -> Result<(), IpamError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO vlans (name, created) VALUES (?1, ?2)",
+                params![name, now() as i64],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn forget_vlan(&self, name: &str) -> Result<(), IpamError> {
+        self.conn()
+            .execute("DELETE FROM vlans WHERE name = ?1", [name])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn vlans(&self) -> Result<Vec<String>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM vlans ORDER BY name")
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<String>>>().map_err(db)
     }
 
     fn leases(&self, network: Option<&str>) -> Result<Vec<Lease>, IpamError> {
