@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod gc;
 pub mod hook;

@@ -38,6 +38,8 @@ enum Command {
     Lease(cli::lease::LeaseCommand),
     /// Free the leases of containers whose network namespace is gone.
     Gc(cli::gc::GcArgs),
+    /// Kernel support for macvlan, ipvlan and 802.1Q; each network's parent.
+    Doctor(cli::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => cli::attach::run_detach(&ctx, args),
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
         Command::Gc(args) => cli::gc::run(&ctx, args),
+        Command::Doctor(args) => cli::doctor::run(&ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,6 +75,20 @@ impl Netns {
     }
 }
 
+/// Runs `f` on a new thread inside a new, empty network namespace that
+/// disappears with the thread: a sandbox for probing the kernel.
+pub fn in_scratch_netns<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Writes a per-interface sysctl of the calling thread's namespace, e.g.
 /// `set_interface_sysctl("ipv4", "eth0", "arp_notify", "1")`. The interface
 /// name has been validated before it reaches here.

@@ -536,3 +536,42 @@ fn gc_frees_leases_of_deleted_namespaces() {
     assert_eq!(leases_of(&lan, "keep"), vec!["192.168.32.1/24"]);
     assert!(lan.netattach_ok(&["gc"]).contains("nothing to free"));
 }
+
+#[test]
+fn doctor_reports_kernel_support_and_parents() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    let out = lan.netattach(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let macvlan = report["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "macvlan")
+        .unwrap();
+    assert_eq!(macvlan["supported"], true);
+    assert_eq!(report["networks"][0]["parent"], "lan0");
+    assert_eq!(report["networks"][0]["state"], "up");
+
+    lan.host.ip(&["link", "set", "lan0", "down"]);
+    lan.netattach_ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.9.0.0/24",
+        "-o",
+        "parent=gone0",
+        "ghost",
+    ]);
+    let out = lan.netattach(&["doctor"]);
+    assert!(!out.status.success(), "problems make doctor fail");
+    let text = common::stdout(&out);
+    assert!(text.contains("parent is down"), "{text}");
+    assert!(text.contains("parent does not exist"), "{text}");
+}

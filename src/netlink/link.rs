@@ -210,3 +210,29 @@ impl Netlink {
         )
     }
 }
+
+impl Netlink {
+    /// Whether the kernel knows link kind `kind` (built in, or a module it
+    /// loaded on request). Asks for a link without a lower device, which every
+    /// stacked kind refuses with EINVAL, and an unknown kind with EOPNOTSUPP:
+    /// nothing is ever created.
+    pub fn supports_kind(&mut self, kind: InfoKind) -> Result<bool> {
+        let mut msg = link_message(0);
+        msg.attributes
+            .push(LinkAttribute::IfName("naprobe0".into()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
+                kind.clone(),
+            )]));
+        match self.request(
+            &format!("probe link kind {kind}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Ok(false),
+            Err(e) if e.errno() == Some(libc::EINVAL) => Ok(true),
+            Err(e) => Err(e),
+            Ok(()) => Ok(true),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `netattach doctor`: what the running kernel supports, and whether each
+//! defined network's parent is ready to carry links.
+
+use anyhow::Result;
+use netlink_packet_route::link::InfoKind;
+use serde::Serialize;
+
+use crate::config::{parse_vlan_parent, Driver, Mode, Network};
+use crate::ipam::LeaseStore;
+use crate::netlink::Netlink;
+use crate::netns;
+
+/// One link kind and whether this kernel can make it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFeature {
+    pub name: &'static str,
+    pub supported: bool,
+    /// "built in or loaded", "loaded on demand", or "missing".
+    pub how: String,
+}
+
+/// The kernel's support for the three link kinds netattach makes. Probed in a
+/// scratch netns, so nothing on the host is touched; a loadable module is
+/// loaded by the probe exactly as an attach would load it.
+pub fn kernel_features() -> Result<Vec<KernelFeature>> {
+    let kinds = [
+        ("macvlan", "macvlan", InfoKind::MacVlan),
+        ("ipvlan", "ipvlan", InfoKind::IpVlan),
+        ("802.1Q", "8021q", InfoKind::Vlan),
+    ];
+    kinds
+        .into_iter()
+        .map(|(name, module, kind)| {
+            let loaded_before = module_loaded(module);
+            let supported = netns::in_scratch_netns(|| -> Result<bool> {
+                Ok(Netlink::open()?.supports_kind(kind)?)
+            })??;
+            // Loadable modules have /sys/module/NAME/initstate; built-in ones don't.
+            let how = match (supported, loaded_before, module_loaded(module)) {
+                (false, _, _) => "missing",
+                (true, _, false) => "built in",
+                (true, true, true) => "loaded module",
+                (true, false, true) => "module, loaded on demand",
+            };
+            Ok(KernelFeature {
+                name,
+                supported,
+                how: how.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn module_loaded(module: &str) -> bool {
+    std::path::Path::new("/sys/module")
+        .join(module)
+        .join("initstate")
+        .exists()
+}
+
+/// The state of one network's parent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParentState {
+    pub network: String,
+    pub parent: String,
+    /// "up", "down", "missing", or "will be created on BASE".
+    pub state: String,
+    /// Problems an attach would run into, in words.
+    pub problems: Vec<String>,
+}
+
+/// Checks every network's parent in the current (host) netns.
+pub fn parents(
+    host: &mut Netlink,
+    store: &dyn LeaseStore,
+    networks: &[Network],
+    kernel: &[KernelFeature],
+) -> Result<Vec<ParentState>> {
+    let ours = store.vlans()?;
+    let missing = |name: &str| kernel.iter().any(|f| f.name == name && !f.supported);
+    let mut report = Vec::new();
+    for net in networks {
+        let mut problems = Vec::new();
+        let driver = net.driver.to_string();
+        if missing(&driver) {
+            problems.push(format!("this kernel has no {driver}"));
+        }
+        if matches!(parse_vlan_parent(&net.parent), Ok(Some(_))) && missing("802.1Q") {
+            problems.push("this kernel has no 802.1Q VLAN support for the dotted parent".into());
+        }
+        let state = match host.link_by_name(&net.parent)? {
+            Some(link) => {
+                if let (Some(mtu), Some(parent_mtu)) = (net.mtu, link.mtu) {
+                    if mtu > parent_mtu {
+                        problems.push(format!("mtu {mtu} exceeds the parent's {parent_mtu}"));
+                    }
+                }
+                let mut state = if link.up { "up" } else { "down" }.to_string();
+                if ours.contains(&net.parent) {
+                    state.push_str(" (VLAN created by netattach)");
+                }
+                if !link.up {
+                    problems.push("parent is down: containers will have no carrier".into());
+                }
+                state
+            }
+            None => match parse_vlan_parent(&net.parent) {
+                Ok(Some(vlan)) => match host.link_by_name(&vlan.base)? {
+                    Some(_) => format!("will be created on {}", vlan.base),
+                    None => {
+                        problems.push(format!("base interface {} does not exist", vlan.base));
+                        "missing".into()
+                    }
+                },
+                _ => {
+                    problems.push("parent does not exist".into());
+                    "missing".into()
+                }
+            },
+        };
+        for other in networks
+            .iter()
+            .filter(|o| o.name != net.name && o.parent == net.parent)
+        {
+            if net.driver != other.driver {
+                problems.push(format!(
+                    "shares the parent with {} network {}: only one of them can be in use at a time",
+                    other.driver, other.name
+                ));
+            } else if net.driver == Driver::Ipvlan && net.mode() != other.mode() {
+                problems.push(format!(
+                    "ipvlan mode {} differs from network {} ({}) on the same parent",
+                    net.mode(),
+                    other.name,
+                    other.mode()
+                ));
+            } else if net.mode() == Mode::Passthru || other.mode() == Mode::Passthru {
+                problems.push(format!(
+                    "shares the parent with network {}, but passthru needs it alone",
+                    other.name
+                ));
+            }
+        }
+        report.push(ParentState {
+            network: net.name.clone(),
+            parent: net.parent.clone(),
+            state,
+            problems,
+        });
+    }
+    Ok(report)
+}
