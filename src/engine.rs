@@ -67,9 +67,9 @@ pub fn attach(
     for (req, net) in requests.iter().zip(definitions) {
         if let Some(a) = previous.iter().find(|a| a.network == net.name) {
             let leases: Vec<Lease> = store
-                .leases(Some(&net.name))?
+                .leases_of(owner)?
                 .into_iter()
-                .filter(|l| l.owner == owner)
+                .filter(|l| l.network == net.name)
                 .collect();
             match inside.link_by_name(&a.ifname)? {
                 Some(link) if is_ours(&link) && is_complete(&mut inside, &link, &leases)? => {

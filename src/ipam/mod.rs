@@ -116,6 +116,9 @@ pub trait LeaseStore {
     /// Frees one address; returns the lease if there was one.
     fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError>;
 
+    /// The owner's leases, ordered by network then address.
+    fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, IpamError>;
+
     /// How many owners are attached to `network`.
     fn attachment_count(&self, network: &str) -> Result<usize, IpamError>;
 

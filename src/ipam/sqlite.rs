@@ -624,6 +624,17 @@ impl LeaseStore for SqliteStore {
         Ok(freed.into_iter().next())
     }
 
+    fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases WHERE owner = ?1 ORDER BY network, key"
+            ))
+            .map_err(db)?;
+        let rows = stmt.query_map([owner], lease_of_row).map_err(db)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+    }
+
     fn attachment_count(&self, network: &str) -> Result<usize, IpamError> {
         let conn = self.conn();
         let count: i64 = conn
