@@ -16,6 +16,7 @@ pub mod hook;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
+pub mod nri;
 pub mod plan;
 pub mod request;
 pub mod vlan;

@@ -40,6 +40,8 @@ enum Command {
     Gc(cli::gc::GcArgs),
     /// Kernel support for macvlan, ipvlan and 802.1Q; each network's parent.
     Doctor(cli::doctor::DoctorArgs),
+    /// NRI plugin for containerd and CRI-O: attach pods' networks.
+    Nri(cli::nri::NriArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
         Command::Gc(args) => cli::gc::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
+        Command::Nri(args) => cli::nri::run(&ctx, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod gc;
 pub mod hook;
 pub mod lease;
 pub mod network;
+pub mod nri;
 
 use std::path::PathBuf;
 

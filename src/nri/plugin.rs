@@ -1,0 +1,556 @@
+//! The Plugin service: what netattach does with each NRI request.
+//!
+//! - `Configure`: applies the plugin config file, subscribes to the pod events
+//!   (`RUN|STOP|REMOVE_POD_SANDBOX`, mask 0x7).
+//! - `RunPodSandbox` (a `StateChange` event, or the dedicated v0.12 RPC):
+//!   attaches the networks of the pod's `netattach/networks` annotation in the
+//!   pod's netns, owner = pod sandbox id. No annotation or no netns (host
+//!   network): nothing. A bad request or a failed attach answers an error,
+//!   so the runtime fails the pod with that message.
+//! - `RemovePodSandbox`: releases the pod's leases by id (containerd 1.7 sends
+//!   no netns path). `StopPodSandbox`: nothing (the links die with the netns).
+//! - `Synchronize`: collects the pods (over several requests with `more`),
+//!   releases what this runtime's pods held when the pod no longer exists, and
+//!   re-checks the pods that do in the background (an idempotent attach
+//!   repairs a missing interface), so the answer stays inside the deadline.
+//! - Container events are not subscribed; if called anyway they answer empty
+//!   (valid) responses; the v0.12 post-events and anything unknown answer
+//!   UNIMPLEMENTED, the code after which a runtime falls back to `StateChange`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use protobuf::Message;
+
+use super::owners::Owners;
+use super::proto::nri::{
+    ConfigureRequest, ConfigureResponse, Event, PodSandbox, PodSandboxRequest, StateChangeEvent,
+    SynchronizeRequest, SynchronizeResponse,
+};
+use super::session::{Reply, Service};
+use super::settings::parse_config;
+use super::ttrpc::{code, RpcError};
+use crate::config::NetworkDir;
+use crate::ipam::sqlite::SqliteStore;
+use crate::ipam::LeaseStore;
+use crate::netns::Netns;
+use crate::{engine, nri_log, request};
+
+/// Events netattach subscribes to: bit `1 << (e - 1)` per event.
+pub const EVENT_MASK: i32 = (1 << (Event::RUN_POD_SANDBOX as i32 - 1))
+    | (1 << (Event::STOP_POD_SANDBOX as i32 - 1))
+    | (1 << (Event::REMOVE_POD_SANDBOX as i32 - 1));
+
+/// The runtime's per-request budget when it does not say.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where definitions and leases live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// What outlives a connection: paths, the open lease store, and the lock that
+/// keeps engine operations (attach, release, re-check) one at a time.
+pub struct Plugin {
+    paths: Mutex<Paths>,
+    store: Mutex<Option<(PathBuf, Arc<SqliteStore>)>>,
+    engine: Mutex<()>,
+}
+
+impl Plugin {
+    pub fn new(paths: Paths) -> Plugin {
+        Plugin {
+            paths: Mutex::new(paths),
+            store: Mutex::new(None),
+            engine: Mutex::new(()),
+        }
+    }
+
+    fn paths(&self) -> Paths {
+        lock(&self.paths).clone()
+    }
+
+    /// The lease store of the current state dir, opened once.
+    fn store(&self) -> anyhow::Result<Arc<SqliteStore>> {
+        let state_dir = self.paths().state_dir;
+        let mut slot = lock(&self.store);
+        if let Some((dir, store)) = &*slot {
+            if *dir == state_dir {
+                return Ok(store.clone());
+            }
+        }
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("create state directory {}", state_dir.display()))?;
+        let store = Arc::new(SqliteStore::open(&state_dir)?);
+        *slot = Some((state_dir, store.clone()));
+        Ok(store)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pod facts netattach uses.
+#[derive(Debug, Clone)]
+struct Pod {
+    id: String,
+    /// `namespace/name`, for messages.
+    label: String,
+    annotation: Option<String>,
+    /// Empty: host network.
+    netns: String,
+}
+
+impl Pod {
+    fn from_proto(p: &PodSandbox) -> Pod {
+        let netns = p
+            .linux
+            .as_ref()
+            .and_then(|l| l.namespaces.iter().find(|ns| ns.type_ == "network"))
+            .map(|ns| ns.path.clone())
+            .unwrap_or_default();
+        Pod {
+            id: p.id.clone(),
+            label: format!("{}/{}", p.namespace, p.name),
+            annotation: p.annotations.get(request::ANNOTATION).cloned(),
+            netns,
+        }
+    }
+}
+
+/// One connection's view: who the runtime is, the pods of a `Synchronize` in
+/// progress, and whether registration has completed.
+pub struct Connection {
+    plugin: Arc<Plugin>,
+    runtime: Mutex<String>,
+    registration_timeout: Mutex<Option<Duration>>,
+    sync_pods: Mutex<Vec<Pod>>,
+    /// Pods removed since the last `Synchronize`: the background re-check
+    /// must not attach them again.
+    removed: Arc<Mutex<HashSet<String>>>,
+    synchronized: (Mutex<bool>, Condvar),
+}
+
+impl Connection {
+    pub fn new(plugin: Arc<Plugin>) -> Connection {
+        Connection {
+            plugin,
+            runtime: Mutex::new(String::new()),
+            registration_timeout: Mutex::new(None),
+            sync_pods: Mutex::new(Vec::new()),
+            removed: Arc::new(Mutex::new(HashSet::new())),
+            synchronized: (Mutex::new(false), Condvar::new()),
+        }
+    }
+
+    /// Waits up to `timeout` for the first complete `Synchronize`.
+    pub fn wait_synchronized(&self, timeout: Duration) -> bool {
+        let (flag, cv) = &self.synchronized;
+        let guard = lock(flag);
+        let (guard, _) = cv
+            .wait_timeout_while(guard, timeout, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    /// The registration timeout the runtime announced in `Configure`.
+    pub fn registration_timeout(&self) -> Option<Duration> {
+        *lock(&self.registration_timeout)
+    }
+
+    fn owners(&self) -> Owners {
+        Owners::new(&self.plugin.paths().state_dir, &lock(&self.runtime))
+    }
+
+    fn configure(&self, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let req = ConfigureRequest::parse_from_bytes(payload).map_err(malformed)?;
+        if !req.config.trim().is_empty() {
+            let file = parse_config(&req.config)
+                .map_err(|e| RpcError::new(code::INVALID_ARGUMENT, format!("netattach: {e}")))?;
+            if let Some(path) = &file.log_file {
+                if let Err(e) = super::log::to_file(path) {
+                    nri_log!(warn, "cannot log to {}: {e}", path.display());
+                }
+            }
+            let mut paths = lock(&self.plugin.paths);
+            if let Some(dir) = file.config_dir {
+                paths.config_dir = dir;
+            }
+            if let Some(dir) = file.state_dir {
+                paths.state_dir = dir;
+            }
+        }
+        *lock(&self.runtime) = req.runtime_name.clone();
+        if req.registration_timeout > 0 {
+            *lock(&self.registration_timeout) =
+                Some(Duration::from_millis(req.registration_timeout as u64));
+        }
+        let paths = self.plugin.paths();
+        nri_log!(
+            info,
+            "configured by {} {} (request timeout {} ms); networks in {}, leases in {}",
+            if req.runtime_name.is_empty() {
+                "the runtime"
+            } else {
+                &req.runtime_name
+            },
+            req.runtime_version,
+            req.request_timeout,
+            paths.config_dir.display(),
+            paths.state_dir.display()
+        );
+        let mut resp = ConfigureResponse::new();
+        resp.events = EVENT_MASK;
+        Ok(resp.write_to_bytes().unwrap_or_default())
+    }
+
+    fn synchronize(&self, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let req = SynchronizeRequest::parse_from_bytes(payload).map_err(malformed)?;
+        let mut resp = SynchronizeResponse::new();
+        let pods = {
+            let mut acc = lock(&self.sync_pods);
+            acc.extend(req.pods.iter().map(Pod::from_proto));
+            if req.more {
+                resp.more = true;
+                return Ok(resp.write_to_bytes().unwrap_or_default());
+            }
+            std::mem::take(&mut *acc)
+        };
+        self.reconcile(&pods).map_err(|e| {
+            nri_log!(error, "synchronize: {e:#}");
+            RpcError::new(code::INTERNAL, format!("netattach: synchronize: {e:#}"))
+        })?;
+        let (flag, cv) = &self.synchronized;
+        *lock(flag) = true;
+        cv.notify_all();
+        Ok(resp.write_to_bytes().unwrap_or_default())
+    }
+
+    /// Releases this runtime's owners that are not among `pods`, then starts
+    /// the re-check of the pods that are.
+    fn reconcile(&self, pods: &[Pod]) -> anyhow::Result<()> {
+        let store = self.plugin.store()?;
+        let owners = self.owners();
+        let alive: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+        let marked: HashSet<String> = owners.list()?.into_iter().collect();
+        let holders: HashSet<String> = store.attachments()?.into_iter().map(|a| a.owner).collect();
+        let _engine = lock(&self.plugin.engine);
+        lock(&self.removed).clear();
+        let mut released = 0;
+        for id in marked.iter().filter(|id| !alive.contains(id.as_str())) {
+            if holders.contains(id) {
+                let leases = engine::release(&*store, id)?;
+                nri_log!(
+                    info,
+                    "synchronize: pod {id} is gone: released {}",
+                    describe_leases(&leases)
+                );
+                released += 1;
+            }
+            owners.forget(id)?;
+        }
+        let recheck: Vec<Pod> = pods
+            .iter()
+            .filter(|p| p.annotation.is_some() && !p.netns.is_empty())
+            .cloned()
+            .collect();
+        nri_log!(
+            info,
+            "synchronized: {} pods, {} with netattach networks; {released} gone pods released",
+            pods.len(),
+            recheck.len()
+        );
+        if !recheck.is_empty() {
+            let plugin = self.plugin.clone();
+            let removed = self.removed.clone();
+            let runtime = lock(&self.runtime).clone();
+            std::thread::Builder::new()
+                .name("nri-recheck".into())
+                .spawn(move || recheck_pods(&plugin, &runtime, &removed, &recheck))
+                .context("start the re-check thread")?;
+        }
+        Ok(())
+    }
+
+    fn run_pod(&self, pod: &Pod, budget: Duration) -> Result<(), RpcError> {
+        let Some(value) = &pod.annotation else {
+            return Ok(());
+        };
+        if pod.netns.is_empty() {
+            nri_log!(
+                info,
+                "pod {} ({}): host network, {} ignored",
+                pod.label,
+                pod.id,
+                request::ANNOTATION
+            );
+            return Ok(());
+        }
+        let start = Instant::now();
+        let fail = |code, e: String| {
+            nri_log!(error, "pod {} ({}): {e}", pod.label, pod.id);
+            RpcError::new(code, format!("netattach: pod {}: {e}", pod.label))
+        };
+        let requests =
+            request::parse(value).map_err(|e| fail(code::INVALID_ARGUMENT, e.to_string()))?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let _engine = lock(&self.plugin.engine);
+        let attached = attach(&self.plugin, &self.owners(), pod, &requests)
+            .map_err(|e| fail(code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        let took = start.elapsed();
+        nri_log!(
+            info,
+            "pod {} ({}): attached {} in {} ms",
+            pod.label,
+            pod.id,
+            describe_links(&attached),
+            took.as_millis()
+        );
+        if took > budget / 2 {
+            nri_log!(
+                warn,
+                "pod {}: attach took {} ms of the runtime's {} ms budget",
+                pod.label,
+                took.as_millis(),
+                budget.as_millis()
+            );
+        }
+        Ok(())
+    }
+
+    fn remove_pod(&self, pod: &Pod) -> Result<(), RpcError> {
+        let _engine = lock(&self.plugin.engine);
+        lock(&self.removed).insert(pod.id.clone());
+        let released = self
+            .plugin
+            .store()
+            .and_then(|store| engine::release(&*store, &pod.id))
+            .map_err(|e| {
+                nri_log!(error, "pod {} ({}): release: {e:#}", pod.label, pod.id);
+                RpcError::new(
+                    code::INTERNAL,
+                    format!("netattach: pod {}: release: {e:#}", pod.label),
+                )
+            })?;
+        if super::owners::valid_pod_id(&pod.id) {
+            if let Err(e) = self.owners().forget(&pod.id) {
+                nri_log!(warn, "pod {}: {e}", pod.id);
+            }
+        }
+        if !released.is_empty() {
+            nri_log!(
+                info,
+                "pod {} ({}): removed, released {}",
+                pod.label,
+                pod.id,
+                describe_leases(&released)
+            );
+        }
+        Ok(())
+    }
+
+    fn pod_event(&self, event: Event, pod: &Pod, budget: Duration) -> Result<(), RpcError> {
+        match event {
+            Event::RUN_POD_SANDBOX => self.run_pod(pod, budget),
+            Event::REMOVE_POD_SANDBOX => self.remove_pod(pod),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Attaches `pod` (marked as this runtime's first, see [`Owners`]).
+fn attach(
+    plugin: &Plugin,
+    owners: &Owners,
+    pod: &Pod,
+    requests: &[request::NetworkRequest],
+) -> anyhow::Result<Vec<engine::AttachedLink>> {
+    let store = plugin.store()?;
+    owners.record(&pod.id)?;
+    let netns = Netns::open(Path::new(&pod.netns))
+        .with_context(|| format!("open network namespace {}", pod.netns))?;
+    let networks = NetworkDir::new(plugin.paths().config_dir);
+    engine::attach(&networks, &*store, &pod.id, &netns, requests)
+}
+
+/// Re-attaches (idempotently) the pods a `Synchronize` listed, skipping those
+/// removed meanwhile and those whose netns is gone (stopped pods).
+fn recheck_pods(plugin: &Plugin, runtime: &str, removed: &Mutex<HashSet<String>>, pods: &[Pod]) {
+    let owners = Owners::new(&plugin.paths().state_dir, runtime);
+    for pod in pods {
+        let _engine = lock(&plugin.engine);
+        if lock(removed).contains(&pod.id) || !Path::new(&pod.netns).exists() {
+            continue;
+        }
+        let Some(value) = &pod.annotation else {
+            continue;
+        };
+        let result = request::parse(value)
+            .map_err(anyhow::Error::from)
+            .and_then(|requests| attach(plugin, &owners, pod, &requests));
+        match result {
+            Ok(links) => {
+                let repaired: Vec<_> = links.into_iter().filter(|l| !l.existing).collect();
+                if !repaired.is_empty() {
+                    nri_log!(
+                        info,
+                        "re-check: pod {} ({}): attached {}",
+                        pod.label,
+                        pod.id,
+                        describe_links(&repaired)
+                    );
+                }
+            }
+            Err(e) => nri_log!(warn, "re-check: pod {} ({}): {e:#}", pod.label, pod.id),
+        }
+    }
+}
+
+fn describe_links(links: &[engine::AttachedLink]) -> String {
+    let parts: Vec<String> = links
+        .iter()
+        .map(|l| format!("{} {} {}", l.network, l.ifname, l.addresses.join(",")))
+        .collect();
+    parts.join("; ")
+}
+
+fn describe_leases(leases: &[crate::ipam::Lease]) -> String {
+    if leases.is_empty() {
+        return "no lease".to_string();
+    }
+    let parts: Vec<String> = leases
+        .iter()
+        .map(|l| format!("{} {}", l.network, l.address))
+        .collect();
+    parts.join(", ")
+}
+
+fn malformed(e: protobuf::Error) -> RpcError {
+    RpcError::new(code::INVALID_ARGUMENT, format!("malformed request: {e}"))
+}
+
+fn empty() -> Reply {
+    Reply::ok(Vec::new())
+}
+
+impl Service for Connection {
+    fn call(&self, method: &str, payload: &[u8], timeout: Option<Duration>) -> Reply {
+        let budget = timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let result = match method {
+            "Configure" => self.configure(payload),
+            "Synchronize" => self.synchronize(payload),
+            "Shutdown" => {
+                nri_log!(info, "the runtime asked the plugin to shut down");
+                return Reply {
+                    result: Ok(Vec::new()),
+                    close: true,
+                };
+            }
+            "StateChange" => StateChangeEvent::parse_from_bytes(payload)
+                .map_err(malformed)
+                .and_then(|ev| {
+                    let event = ev.event.enum_value().unwrap_or(Event::UNKNOWN);
+                    match ev.pod.as_ref() {
+                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), budget),
+                        None => Ok(()),
+                    }
+                })
+                .map(|()| Vec::new()),
+            "RunPodSandbox" | "StopPodSandbox" | "RemovePodSandbox" => {
+                let event = match method {
+                    "RunPodSandbox" => Event::RUN_POD_SANDBOX,
+                    "StopPodSandbox" => Event::STOP_POD_SANDBOX,
+                    _ => Event::REMOVE_POD_SANDBOX,
+                };
+                PodSandboxRequest::parse_from_bytes(payload)
+                    .map_err(malformed)
+                    .and_then(|req| match req.pod.as_ref() {
+                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), budget),
+                        None => Ok(()),
+                    })
+                    .map(|()| Vec::new())
+            }
+            // Not subscribed; empty responses are valid ones (no adjustment,
+            // no update, no rejection).
+            "CreateContainer"
+            | "UpdateContainer"
+            | "StopContainer"
+            | "UpdatePodSandbox"
+            | "ValidateContainerAdjustment" => return empty(),
+            _ => Err(RpcError::new(
+                code::UNIMPLEMENTED,
+                format!("method {method} not implemented"),
+            )),
+        };
+        result.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_the_three_pod_events() {
+        assert_eq!(EVENT_MASK, 0x7);
+    }
+
+    #[test]
+    fn netns_path_comes_from_the_network_namespace_entry() {
+        let mut p = PodSandbox::new();
+        p.id = "abc".into();
+        p.namespace = "default".into();
+        p.name = "web".into();
+        p.annotations
+            .insert(request::ANNOTATION.into(), "lan@eth1".into());
+        let mut linux = super::super::proto::nri::LinuxPodSandbox::new();
+        for (t, path) in [
+            ("ipc", "/proc/1/ns/ipc"),
+            ("network", "/var/run/netns/cni-1"),
+        ] {
+            let mut ns = super::super::proto::nri::LinuxNamespace::new();
+            ns.type_ = t.into();
+            ns.path = path.into();
+            linux.namespaces.push(ns);
+        }
+        p.linux = protobuf::MessageField::some(linux);
+        let pod = Pod::from_proto(&p);
+        assert_eq!(pod.netns, "/var/run/netns/cni-1");
+        assert_eq!(pod.label, "default/web");
+        assert_eq!(pod.annotation.as_deref(), Some("lan@eth1"));
+        p.linux = protobuf::MessageField::none();
+        assert_eq!(Pod::from_proto(&p).netns, "");
+    }
+
+    #[test]
+    fn unknown_and_post_events_answer_unimplemented() {
+        let dir = std::env::temp_dir().join(format!("netattach-nri-unit-{}", std::process::id()));
+        let conn = Connection::new(Arc::new(Plugin::new(Paths {
+            config_dir: dir.join("c"),
+            state_dir: dir.join("s"),
+        })));
+        for m in ["PostCreateContainer", "PostStartContainer", "Frobnicate"] {
+            let r = conn.call(m, &[], None);
+            assert_eq!(r.result.unwrap_err().code, code::UNIMPLEMENTED, "{m}");
+        }
+        assert_eq!(conn.call("CreateContainer", &[], None).result, Ok(vec![]));
+        // A pod without the annotation is not ours: nothing touched.
+        let mut req = PodSandboxRequest::new();
+        let mut pod = PodSandbox::new();
+        pod.id = "p1".into();
+        req.pod = protobuf::MessageField::some(pod);
+        let r = conn.call("RunPodSandbox", &req.write_to_bytes().unwrap(), None);
+        assert_eq!(r.result, Ok(vec![]));
+        assert!(!dir.exists());
+        let r = conn.call("StateChange", &[0xff, 0xff], None);
+        assert_eq!(r.result.unwrap_err().code, code::INVALID_ARGUMENT);
+    }
+}

@@ -1,0 +1,773 @@
+//! The NRI face against a runtime side written in this test suite
+//! (`nri_runtime/`, from the protocol facts only): a real unix socket or a
+//! socketpair as fd 3, the real mux and ttrpc framing, the real sequence and
+//! timeouts. The root tests drive pods through run/stop/remove on real netns
+//! of a fake LAN and check interfaces and leases; the others feed the plugin
+//! malformed input and check it neither crashes, hangs nor leaks.
+
+mod common;
+mod nri_runtime;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{FakeLan, TempDir};
+use nri_runtime::pb::Enc;
+use nri_runtime::wire::{self, frame, go_frames, ttrpc_message, PLUGIN_CONN, T_REQUEST};
+use nri_runtime::{Options, Pod, Runtime, Version, UNIMPLEMENTED};
+
+const ANNOTATION: &str = "netattach/networks";
+
+/// A plugin process we started; killed (by its pid) on drop.
+struct PluginProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl PluginProc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Open fds and threads of the plugin process.
+    fn resources(&self) -> (usize, usize) {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let threads = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|t| t.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        (fds, threads)
+    }
+}
+
+impl Drop for PluginProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- plugin log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `netattach --config-dir .. --state-dir .. nri --socket SOCK` as an external
+/// plugin, in the fake LAN's host netns when there is one; stderr to a file.
+fn start_external(lan: Option<&FakeLan>, dir: &Path, sock: &Path) -> PluginProc {
+    let log = dir.join("plugin.log");
+    let (config, state) = match lan {
+        Some(lan) => (lan.config_dir.clone(), lan.state_dir.clone()),
+        None => (dir.join("config"), dir.join("state")),
+    };
+    let mut cmd = match lan {
+        Some(lan) => lan.command_in_host(common::bin()),
+        None => Command::new(common::bin()),
+    };
+    cmd.arg("--config-dir")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["nri", "--name", "netattach", "--idx", "10", "--socket"])
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    PluginProc {
+        child: cmd.spawn().expect("start netattach nri"),
+        log,
+    }
+}
+
+fn listen(path: &Path) -> UnixListener {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).expect("bind the runtime socket")
+}
+
+/// The one connection of an external plugin, registered.
+fn accept(listener: &UnixListener, opts: &Options) -> Runtime {
+    Runtime::accept(listener, Duration::from_secs(15), opts).expect("plugin registers")
+}
+
+fn assert_clean_framing(rt: &Runtime) {
+    let v = rt.violations();
+    assert!(v.is_empty(), "frames Go could not read: {v:?}");
+}
+
+fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
+    lan.leases_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["owner"] == owner)
+        .map(|l| l["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn in_lan(addrs: &[String]) -> bool {
+    addrs.len() == 1 && addrs[0].starts_with("192.168.32.") && addrs[0].ends_with("/24")
+}
+
+/// Polls `f` until it holds or `limit` passes (a wait, not a timing check).
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lan_with_network() -> FakeLan {
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    lan
+}
+
+/// Run, repeat, stop, remove one pod and a host-network one; `version` picks
+/// how the runtime delivers the events.
+fn pod_lifecycle(version: Version) {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(
+        &listener,
+        &Options {
+            version,
+            ..Options::default()
+        },
+    );
+    assert_eq!(rt.registration.name, "netattach");
+    assert_eq!(rt.registration.idx, "10");
+    assert_eq!(rt.registration.events, 0x7, "pod events only");
+
+    let ns = lan.container_ns("p1");
+    let pod = Pod::new("p1aaaa", ns.path_str()).annotate(ANNOTATION, "lan@eth1");
+    rt.run_pod(&pod).expect("RunPodSandbox");
+    let addrs = common::addrs(&ns.name, "eth1");
+    assert!(in_lan(&addrs), "eth1 in the pod: {addrs:?}");
+    assert!(
+        common::ping_from(&ns.name, common::GW4),
+        "pod reaches the gateway"
+    );
+    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1);
+    // A repeated event changes nothing.
+    rt.run_pod(&pod).expect("RunPodSandbox again");
+    assert_eq!(common::addrs(&ns.name, "eth1"), addrs);
+    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1);
+
+    // Host network (no netns path) and no annotation: nothing to do.
+    let host = Pod::new("hostnet", "").annotate(ANNOTATION, "lan");
+    rt.run_pod(&host).expect("host-network pod");
+    let plain_ns = lan.container_ns("p2");
+    let plain = Pod::new("plain", plain_ns.path_str());
+    rt.run_pod(&plain).expect("pod without annotation");
+    assert!(leases_of(&lan, "hostnet").is_empty());
+    assert_eq!(common::link_names(&plain_ns.name), vec!["lo"]);
+
+    // containerd 1.7 sends Stop/Remove with no netns path and pid 0.
+    let gone = pod.as_sent_on_removal();
+    rt.stop_pod(&gone).expect("StopPodSandbox");
+    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1, "stop keeps the lease");
+    rt.remove_pod(&gone).expect("RemovePodSandbox");
+    assert!(leases_of(&lan, "p1aaaa").is_empty(), "remove frees it");
+    rt.remove_pod(&host.as_sent_on_removal()).unwrap();
+    rt.remove_pod(&plain.as_sent_on_removal()).unwrap();
+    assert_clean_framing(&rt);
+
+    let log = plugin.log();
+    assert!(log.contains("registered as 10-netattach"), "{log}");
+    assert!(log.contains("attached lan eth1 192.168.32."), "{log}");
+    let first = log.lines().next().unwrap_or("");
+    assert!(
+        first.len() > 24 && first.as_bytes()[10] == b'T' && first[..24].ends_with('Z'),
+        "timestamped log line: {first}"
+    );
+}
+
+#[test]
+fn pod_lifecycle_through_state_change() {
+    pod_lifecycle(Version::V08);
+}
+
+#[test]
+fn pod_lifecycle_through_dedicated_v012_rpcs() {
+    pod_lifecycle(Version::V012);
+}
+
+#[test]
+fn bad_requests_fail_the_pod_with_the_message() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+
+    let check = |id: &str, value: &str, expect: &[&str]| {
+        let ns = lan.container_ns(id);
+        let pod = Pod::new(id, ns.path_str()).annotate(ANNOTATION, value);
+        let (code, message) = rt.run_pod(&pod).expect_err("the pod must fail");
+        assert!(
+            code != 0 && code != UNIMPLEMENTED,
+            "plain error, got {code}"
+        );
+        for e in expect {
+            assert!(message.contains(e), "{message:?} should name {e:?}");
+        }
+        assert_eq!(
+            common::link_names(&ns.name),
+            vec!["lo"],
+            "nothing left in the pod"
+        );
+        assert!(leases_of(&lan, id).is_empty());
+        rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+    };
+    check(
+        "typo",
+        r#"[{"name":"lan","iface":"eth1"}]"#,
+        &["netattach/networks", "iface", "default/pod-typo"],
+    );
+    check("unknown", "nosuch", &["nosuch"]);
+    check("syntax", "lan@", &["netattach/networks"]);
+
+    // An address someone holds: the message names it and the holder.
+    let ns = lan.container_ns("holder");
+    let holder = Pod::new("holder", ns.path_str())
+        .annotate(ANNOTATION, r#"[{"name":"lan","ips":["192.168.32.77/24"]}]"#);
+    rt.run_pod(&holder).unwrap();
+    check(
+        "thief",
+        r#"[{"name":"lan","ips":["192.168.32.77/24"]}]"#,
+        &["192.168.32.77", "holder"],
+    );
+    // The plugin goes on serving.
+    rt.remove_pod(&holder.as_sent_on_removal()).unwrap();
+    assert!(leases_of(&lan, "holder").is_empty());
+    assert_clean_framing(&rt);
+}
+
+#[test]
+fn messages_larger_than_4096_bytes_both_ways() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+
+    // A pod event of ~200 KB (labels), sent as Go frames it (4096 + rest).
+    let ns = lan.container_ns("big");
+    let mut pod = Pod::new("bigpod", ns.path_str()).annotate(ANNOTATION, "lan@net0");
+    for i in 0..100 {
+        pod.labels.push((format!("label-{i}"), "x".repeat(2000)));
+    }
+    rt.run_pod(&pod).expect("big RunPodSandbox");
+    assert!(in_lan(&common::addrs(&ns.name, "net0")));
+    rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+
+    // The same in frames of odd sizes: the plugin reassembles.
+    let ns2 = lan.container_ns("frag");
+    let pod2 = Pod::new("fragpod", ns2.path_str()).annotate(ANNOTATION, "lan");
+    let event = Enc::new().uint(1, 1).message(2, pod2.encode());
+    for chunk in [1, 7, 4095, 4097, 100_000] {
+        rt.call_framed("StateChange", &event.0, chunk)
+            .unwrap_or_else(|e| panic!("frames of {chunk}: {e:?}"));
+    }
+    assert!(in_lan(&common::addrs(&ns2.name, "eth0")));
+
+    // A response larger than 4096 bytes from the plugin: split for Go's reader.
+    let long = format!("Method{}", "X".repeat(10_000));
+    let (code, message) = rt.call(&long, &[]).unwrap_err();
+    assert_eq!(code, UNIMPLEMENTED);
+    assert!(message.contains(&long));
+    assert_clean_framing(&rt);
+}
+
+/// Filler pods adding up to about `bytes` of Synchronize payload.
+fn filler_pods(bytes: usize) -> Vec<Pod> {
+    let mut pods = Vec::new();
+    let mut size = 0;
+    let mut i = 0;
+    while size < bytes {
+        let mut p = Pod::new(
+            &format!("filler{i:06}"),
+            &format!("/run/netns/nonexistent-{i}"),
+        );
+        p.labels.push(("payload".into(), "f".repeat(8000)));
+        size += p.encode().0.len() + 4;
+        pods.push(p);
+        i += 1;
+    }
+    pods
+}
+
+#[test]
+fn restart_reconnects_and_synchronize_reconciles() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+    let ns_a = lan.container_ns("a");
+    let ns_b = lan.container_ns("b");
+    let ns_c = lan.container_ns("c");
+    let a = Pod::new("podaaaa", ns_a.path_str()).annotate(ANNOTATION, "lan@eth1");
+    let b = Pod::new("podbbbb", ns_b.path_str()).annotate(ANNOTATION, "lan@eth1");
+    let c = Pod::new("podcccc", ns_c.path_str()).annotate(ANNOTATION, "lan@eth1");
+    rt.run_pod(&a).unwrap();
+    rt.run_pod(&b).unwrap();
+    rt.run_pod(&c).unwrap();
+    let c_leases = leases_of(&lan, "podcccc");
+    let c_addrs = common::addrs(&ns_c.name, "eth1");
+    // A hand attach shares the store: reconciliation must not touch it.
+    let ns_h = lan.container_ns("h");
+    lan.netattach_ok(&[
+        "attach",
+        "--netns",
+        ns_h.path_str(),
+        "--id",
+        "handmade",
+        "lan",
+    ]);
+
+    // The runtime goes away. While it is down, pod b is removed and pod a's
+    // interface is lost.
+    drop(rt);
+    drop(listener);
+    std::fs::remove_file(&sock).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ns_a.ip(&["link", "del", "eth1"]);
+
+    // It comes back: a 4 MiB Synchronize (one message just below the limit,
+    // `more` set) then the rest with pod a; b is not listed anymore.
+    let listener = listen(&sock);
+    let mut big = filler_pods(4 * 1024 * 1024 - 64 * 1024);
+    let big_len: usize = big.iter().map(|p| p.encode().0.len() + 4).sum();
+    assert!(big_len > 4 * 1024 * 1024 - 64 * 1024 && big_len < 4 * 1024 * 1024 - 200);
+    let tail = vec![a.clone(), c.clone(), big.pop().unwrap()];
+    let rt = accept(
+        &listener,
+        &Options {
+            sync_chunks: vec![big, tail],
+            ..Options::default()
+        },
+    );
+    assert!(leases_of(&lan, "podbbbb").is_empty(), "gone pod released");
+    assert_eq!(leases_of(&lan, "podcccc"), c_leases, "live pod kept");
+    assert_eq!(
+        leases_of(&lan, "handmade").len(),
+        1,
+        "hand attach untouched"
+    );
+    // The engine repairs a lost link under a fresh lease (round-robin).
+    assert!(
+        eventually(Duration::from_secs(10), || in_lan(&common::addrs(
+            &ns_a.name, "eth1"
+        ))),
+        "re-check restores pod a's interface"
+    );
+    let leased = leases_of(&lan, "podaaaa");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(
+        common::addrs(&ns_a.name, "eth1"),
+        vec![format!("{}/24", leased[0])]
+    );
+    assert_eq!(
+        common::addrs(&ns_c.name, "eth1"),
+        c_addrs,
+        "intact pod untouched"
+    );
+    // Events work on the new connection.
+    rt.remove_pod(&a.as_sent_on_removal()).unwrap();
+    assert!(leases_of(&lan, "podaaaa").is_empty());
+    assert_clean_framing(&rt);
+    let log = plugin.log();
+    assert!(log.contains("reconnecting"), "{log}");
+    assert!(log.contains("pod podbbbb is gone"), "{log}");
+    assert!(!log.contains("pod podaaaa is gone"), "{log}");
+    assert!(!log.contains("pod podcccc is gone"), "{log}");
+}
+
+/// The checker of the test runtime catches what Go's reader cannot take.
+#[test]
+fn go_reader_emulation_flags_bad_framing() {
+    let msg = |id: u32, n: usize| ttrpc_message(id, wire::T_RESPONSE, &vec![1u8; n]);
+    // Good: small messages whole, big ones as 4096 + rest.
+    let mut r = wire::GoReader::new(1);
+    let mut got = r.push(msg(1, 100));
+    let big = msg(3, 9000);
+    got.extend(r.push(big[..4096].to_vec()));
+    got.extend(r.push(big[4096..].to_vec()));
+    assert_eq!(got.len(), 2);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    // Bad: a first frame over 4096 bytes.
+    let mut r = wire::GoReader::new(1);
+    r.push(msg(1, 5000));
+    assert!(!r.violations.is_empty());
+    // Bad: two messages in one frame.
+    let mut r = wire::GoReader::new(1);
+    let mut two = msg(1, 10);
+    two.extend(msg(3, 10));
+    assert_eq!(r.push(two).len(), 2);
+    assert!(!r.violations.is_empty());
+    // Bad: the rest of a message and the next one in one big frame.
+    let mut r = wire::GoReader::new(1);
+    let m = msg(1, 9000);
+    r.push(m[..4096].to_vec());
+    let mut rest = m[4096..].to_vec();
+    rest.extend(msg(3, 10));
+    r.push(rest);
+    assert!(!r.violations.is_empty());
+}
+
+/// Full path of a program on PATH (the launched plugin gets no PATH).
+fn which(prog: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{prog} not found"))
+}
+
+#[test]
+fn launched_by_the_runtime_on_fd_3() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let early_log = lan.dir.path().join("early.log");
+    let log = lan.dir.path().join("launched.log");
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(which("nsenter"));
+    cmd.arg(format!("--net={}", lan.host_ns_path()))
+        .arg(common::bin())
+        .arg("nri")
+        .arg("--log-file")
+        .arg(&early_log)
+        .env_clear()
+        // containerd 1.7.0-1.7.6 passed the full file name.
+        .env("NRI_PLUGIN_NAME", "10-netattach")
+        .env("NRI_PLUGIN_IDX", "10")
+        .env("NRI_PLUGIN_SOCKET", "3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the new fd 3 has no CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut plugin = PluginProc {
+        child: cmd.spawn().unwrap(),
+        log: log.clone(),
+    };
+    drop(theirs);
+    // The conf.d file arrives in Configure: it moves the dirs and the log.
+    let config = format!(
+        "# /etc/nri/conf.d/10-netattach.conf\nconfig_dir = {}\nstate_dir = \"{}\"\nlog_file = {}\n",
+        lan.config_dir_str(),
+        lan.state_dir_str(),
+        log.display()
+    );
+    let rt = Runtime::register(
+        ours,
+        &Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .expect("launched plugin registers");
+    assert_eq!(rt.registration.name, "netattach");
+    assert_eq!(rt.registration.idx, "10");
+
+    let ns = lan.container_ns("l1");
+    let pod = Pod::new("launched1", ns.path_str()).annotate(ANNOTATION, "lan");
+    rt.run_pod(&pod).expect("RunPodSandbox");
+    assert!(in_lan(&common::addrs(&ns.name, "eth0")));
+    assert_eq!(leases_of(&lan, "launched1").len(), 1);
+    rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+    assert!(leases_of(&lan, "launched1").is_empty());
+    assert_clean_framing(&rt);
+
+    // The runtime closes the socket: a launched plugin exits.
+    rt.close();
+    assert!(
+        eventually(Duration::from_secs(10), || !plugin.alive()),
+        "plugin exits when the runtime closes the connection"
+    );
+    let status = plugin.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let text = plugin.log();
+    assert!(text.contains("attached lan eth0"), "{text}");
+    assert!(text.contains("exiting"), "{text}");
+    let early = std::fs::read_to_string(&early_log).unwrap();
+    assert!(early.contains("starting"), "{early}");
+}
+
+// ---- Malformed input (no root needed: no netns is touched) ----
+
+/// A raw connection accepted from the plugin, before any registration.
+fn accept_raw(listener: &UnixListener) -> UnixStream {
+    listener.set_nonblocking(false).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Whether the plugin closed `s` (EOF) within the read timeout, skipping
+/// whatever it sends first.
+fn closed_by_plugin(s: &mut UnixStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn malformed_input_neither_crashes_hangs_nor_leaks() {
+    let dir = TempDir::new(&format!("netattach-test-{}-nri-robust", std::process::id()));
+    let sock = dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let mut plugin = start_external(None, dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+
+    // Unknown service and method: UNIMPLEMENTED (a v0.12 runtime's fallback).
+    let e = rt
+        .call_raw("some.Other", "Configure", &[], Duration::from_secs(2))
+        .unwrap_err();
+    assert_eq!(e.0, UNIMPLEMENTED, "{e:?}");
+    assert_eq!(
+        rt.call("PostStartContainer", &[]).unwrap_err().0,
+        UNIMPLEMENTED
+    );
+
+    // A request body that is not protobuf, and a payload that is not one.
+    let id = rt.fresh_id();
+    let rx = rt.expect(id);
+    rt.send_bytes(&go_frames(
+        PLUGIN_CONN,
+        &ttrpc_message(id, T_REQUEST, &[0xff; 16]),
+    ));
+    let e = rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.0, nri_runtime::INVALID_ARGUMENT, "{e:?}");
+    assert_eq!(
+        rt.call("StateChange", &[0x12, 0x50, 1]).unwrap_err().0,
+        nri_runtime::INVALID_ARGUMENT
+    );
+
+    // Frames for an unopened conn, a data message, a stray response: ignored.
+    rt.send_bytes(&frame(7, b"garbage for conn seven"));
+    rt.send_bytes(&frame(0, &[]));
+    rt.send_bytes(&go_frames(PLUGIN_CONN, &ttrpc_message(99, 3, b"data")));
+    rt.send_bytes(&go_frames(PLUGIN_CONN, &ttrpc_message(101, 2, b"")));
+    rt.call("CreateContainer", &[]).expect("still serving");
+
+    // A ttrpc message over 4 MiB: skipped, answered RESOURCE_EXHAUSTED.
+    let id = rt.fresh_id();
+    let rx = rt.expect(id);
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&((wire::MAX_MESSAGE + 1) as u32).to_be_bytes());
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&[T_REQUEST, 0]);
+    msg.resize(wire::TTRPC_HEADER + wire::MAX_MESSAGE + 1, 0);
+    for part in msg.chunks(wire::MAX_FRAME) {
+        rt.send_bytes(&frame(PLUGIN_CONN, part));
+    }
+    let e = rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.0, nri_runtime::RESOURCE_EXHAUSTED, "{e:?}");
+    rt.call("CreateContainer", &[]).expect("still serving");
+    assert_clean_framing(&rt);
+    let baseline = plugin.resources();
+
+    // Ways to break a connection; after each the plugin reconnects.
+    let breakers: Vec<(&str, Breaker)> = vec![
+        (
+            "oversized frame",
+            Box::new(|rt: &Runtime| {
+                let mut f = PLUGIN_CONN.to_be_bytes().to_vec();
+                f.extend_from_slice(&u32::MAX.to_be_bytes());
+                f.extend_from_slice(&[0; 64]);
+                rt.send_bytes(&f);
+            }),
+        ),
+        (
+            "dropped mid-frame",
+            Box::new(|rt: &Runtime| {
+                let f = frame(PLUGIN_CONN, &[1u8; 100]);
+                rt.send_bytes(&f[..40]);
+                rt.close();
+            }),
+        ),
+        (
+            "dropped mid-message",
+            Box::new(|rt: &Runtime| {
+                let body = wire::request_body(wire::PLUGIN_SERVICE, "Configure", &[], 1);
+                let msg = ttrpc_message(rt.fresh_id(), T_REQUEST, &body);
+                rt.send_bytes(&frame(PLUGIN_CONN, &msg[..msg.len() / 2]));
+                rt.close();
+            }),
+        ),
+        (
+            "stalled mid-frame",
+            Box::new(|rt: &Runtime| {
+                let f = frame(PLUGIN_CONN, &[1u8; 100]);
+                rt.send_bytes(&f[..20]);
+            }),
+        ),
+    ];
+    let mut rt = rt;
+    for round in 0..2 {
+        for (what, breaker) in &breakers {
+            breaker(&rt);
+            assert!(
+                rt.wait_closed(Duration::from_secs(20)),
+                "round {round}, {what}: the connection ends"
+            );
+            rt = accept(&listener, &Options::default());
+            rt.call("CreateContainer", &[])
+                .unwrap_or_else(|e| panic!("after {what}: {e:?}"));
+            assert!(plugin.alive(), "plugin alive after {what}");
+        }
+    }
+
+    // Registration that never completes: no answer to RegisterPlugin, or no
+    // Configure after it. The plugin gives up and comes back.
+    drop(rt);
+    let mut silent = accept_raw(&listener);
+    assert!(
+        closed_by_plugin(&mut silent),
+        "gives up on an unanswered RegisterPlugin"
+    );
+    let mut half = accept_raw(&listener);
+    answer_register(&mut half);
+    assert!(closed_by_plugin(&mut half), "gives up without Configure");
+    let rt = accept(&listener, &Options::default());
+    rt.call("CreateContainer", &[]).expect("serving again");
+
+    // Nothing leaked: the plugin is back to the fds and threads it had.
+    let within = |(fds, threads): (usize, usize)| fds <= baseline.0 && threads <= baseline.1;
+    assert!(
+        eventually(Duration::from_secs(10), || within(plugin.resources())),
+        "fds/threads {:?}, were {baseline:?}",
+        plugin.resources()
+    );
+    assert!(plugin.alive());
+    assert_clean_framing(&rt);
+}
+
+/// Something that breaks a runtime connection.
+type Breaker = Box<dyn Fn(&Runtime)>;
+
+/// Reads frames until the plugin's RegisterPlugin request and answers it OK.
+fn answer_register(s: &mut UnixStream) {
+    use std::io::{Read, Write};
+    let mut reader = wire::GoReader::new(wire::RUNTIME_CONN);
+    loop {
+        let mut hdr = [0u8; 8];
+        s.read_exact(&mut hdr).unwrap();
+        let len = u32::from_be_bytes(hdr[4..8].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        if u32::from_be_bytes(hdr[0..4].try_into().unwrap()) != wire::RUNTIME_CONN {
+            continue;
+        }
+        if let Some((h, _)) = reader.push(payload).into_iter().next() {
+            let resp = wire::response_body(0, "", &[]);
+            let msg = ttrpc_message(h.stream_id, wire::T_RESPONSE, &resp);
+            s.write_all(&go_frames(wire::RUNTIME_CONN, &msg)).unwrap();
+            return;
+        }
+    }
+}
+
+/// RunPodSandbox latency as the runtime sees it, over 200 pods (with and
+/// without networks). `cargo test --release --test nri -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn run_pod_sandbox_latency() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+    let report = |what: &str, mut samples: Vec<Duration>| {
+        samples.sort();
+        let pct = |p: f64| {
+            samples[((samples.len() as f64 * p).ceil() as usize - 1).min(samples.len() - 1)]
+        };
+        println!(
+            "RunPodSandbox {what}: n={} median={:.2} ms p99={:.2} ms max={:.2} ms",
+            samples.len(),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            samples.last().unwrap().as_secs_f64() * 1e3
+        );
+    };
+    for (what, annotation) in [("without networks", None), ("attaching lan", Some("lan"))] {
+        let mut samples = Vec::new();
+        for i in 0..200 {
+            let ns = lan.container_ns(&format!("l{i}"));
+            let mut pod = Pod::new(&format!("lat{i:04}"), ns.path_str());
+            if let Some(a) = annotation {
+                pod = pod.annotate(ANNOTATION, a);
+            }
+            let t = Instant::now();
+            rt.run_pod(&pod).unwrap();
+            samples.push(t.elapsed());
+            rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+        }
+        report(what, samples);
+    }
+}
