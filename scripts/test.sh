@@ -14,4 +14,8 @@ cd "$repo"
 
 # Missing prerequisites fail the root-only tests instead of skipping them.
 export NETATTACH_TESTS_STRICT=1
-cargo test --release -- --test-threads=2 "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release -- --test-threads=2 "$@" 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
