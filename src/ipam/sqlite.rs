@@ -678,6 +678,16 @@ impl LeaseStore for SqliteStore {
             ),
             params![network, key_of_addr(address)],
         )?;
+        // The owner's last address on this network gone: so is its attachment,
+        // or its next reservation there would be refused as a duplicate.
+        if let Some(lease) = freed.first() {
+            tx.execute(
+                "DELETE FROM attachments WHERE owner = ?1 AND network = ?2 AND NOT EXISTS \
+                 (SELECT 1 FROM leases WHERE owner = ?1 AND network = ?2)",
+                params![lease.owner, network],
+            )
+            .map_err(db)?;
+        }
         tx.commit().map_err(db)?;
         Ok(freed.into_iter().next())
     }
@@ -1035,6 +1045,22 @@ mod tests {
             leases[0].prefix_len, 24,
             "prefix of the subnet, not the range"
         );
+    }
+
+    #[test]
+    fn releasing_an_owners_last_address_ends_its_attachment() {
+        let dir = TempDir::new("last");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let n = network(
+            "n",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let a = take1(&s, "host", &n);
+        s.release_address("n", a).unwrap().unwrap();
+        assert!(s.attachments_of("host").unwrap().is_empty());
+        // The owner can reserve on that network again.
+        take1(&s, "host", &n);
     }
 
     #[test]
