@@ -233,11 +233,8 @@ fn apply(
             existing: false,
         });
     }
-    for plan in plans {
-        let index = inside
-            .link_by_name(&plan.ifname)?
-            .ok_or_else(|| anyhow!("interface {} vanished", plan.ifname))?
-            .index;
+    // Routes after every link is up: a gateway is only reachable through an up link.
+    for (plan, &index) in plans.iter().zip(created.iter()) {
         for route in &plan.default_routes {
             if !inside.has_default_route(route.family)? {
                 inside
