@@ -22,6 +22,9 @@ packages=(
     ca-certificates
     build-essential    # cc for the bundled sqlite
     pkg-config
+    qemu-system-x86    # the test VM: ipvlan and 802.1Q need a kernel with them
+    cpio               # the VM's initramfs
+    kmod               # depmod/modprobe to order the VM kernel's modules
 )
 
 missing=()
@@ -33,11 +36,13 @@ done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all packages present"
-    exit 0
+else
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    echo "install-deps: done"
 fi
 
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "install-deps: done"
+# Debian's kernel for the test VM (tests/vm.rs), fetched once, not installed.
+"$(dirname "$0")/vm/kernel.sh"

@@ -314,8 +314,20 @@ impl FakeLan {
     /// `network create -d macvlan -o parent=lan0 [extra] NAME`; without a
     /// `--subnet` in `extra`, the IPv4 subnet and gateway of the fake LAN are added.
     pub fn create_network(&self, name: &str, extra: &[&str]) -> Output {
-        let mut args = vec!["network", "create", "-d", "macvlan"];
-        let parent = format!("parent={}", self.parent);
+        self.create_network_on("macvlan", &self.parent, name, extra)
+    }
+
+    /// `network create -d DRIVER -o parent=PARENT [extra] NAME`, with the
+    /// fake LAN's IPv4 subnet and gateway unless `extra` has a `--subnet`.
+    pub fn create_network_on(
+        &self,
+        driver: &str,
+        parent: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut args = vec!["network", "create", "-d", driver];
+        let parent = format!("parent={parent}");
         args.extend_from_slice(&["-o", &parent]);
         if !extra.contains(&"--subnet") {
             args.extend_from_slice(&["--subnet", SUBNET4, "--gateway", GW4]);

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Builds the test VM's initramfs: busybox, iproute2's ip, util-linux's nsenter,
+# iputils' ping (each with the shared libraries ldd names), the kernel modules
+# from scripts/vm/kernel.sh, the netattach binary and the test binaries.
+#
+#   initramfs.sh OUT.gz NETATTACH_BIN PLAN
+#
+# PLAN is a file of lines `NAME PATH ARGS...`: /init runs each test binary
+# PATH with ARGS in that order, between console markers
+#   @@NAVM begin NAME
+#   @@NAVM end NAME rc=N
+# and powers off. netattach is placed at its own absolute path, because the
+# test binaries have that path compiled in.
+set -euo pipefail
+
+out=$1 netattach=$2 plan=$3
+kdir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
+[[ -s $kdir/modules.order ]] || { echo "no VM kernel in $kdir: run scripts/vm/kernel.sh" >&2; exit 1; }
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,t}
+
+# A binary and every library it links, at the same paths as on this host.
+copy_with_libs() {
+    local file=$1 dest=${2:-$1} lib
+    mkdir -p "$root$(dirname "$dest")"
+    cp -L "$file" "$root$dest"
+    for lib in $(ldd "$file" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        if [[ ! -e $root$lib ]]; then
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        fi
+    done
+}
+
+cp /bin/busybox "$root/bin/busybox"
+for applet in sh mount umount mkdir cat echo sleep poweroff insmod timeout ls dmesg; do
+    ln -s busybox "$root/bin/$applet"
+done
+copy_with_libs "$(command -v ip)" /usr/sbin/ip
+copy_with_libs "$(command -v nsenter)" /usr/bin/nsenter
+copy_with_libs "$(command -v ping)" /usr/bin/ping
+[[ -d /etc/iproute2 ]] && cp -r /etc/iproute2 "$root/etc/"
+[[ -d /usr/share/iproute2 ]] && mkdir -p "$root/usr/share" && cp -r /usr/share/iproute2 "$root/usr/share/"
+copy_with_libs "$netattach" "$(realpath "$netattach")"
+
+cp -r "$kdir/lib" "$root/"
+cp "$kdir/modules.order" "$root/modules.order"
+
+: >"$root/t/plan"
+while read -r name path args; do
+    [[ -n $name ]] || continue
+    copy_with_libs "$path" "/t/$name"
+    echo "$name /t/$name $args" >>"$root/t/plan"
+done <"$plan"
+
+cat >"$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/netns
+mkdir -p /var && ln -s /run /var/run
+# Only panics and errors from the kernel on the console between test lines.
+echo 1 >/proc/sys/kernel/printk
+while read -r ko; do
+    insmod "$ko" || echo "@@NAVM insmod failed: $ko"
+done </modules.order
+ip link set lo up
+echo "@@NAVM kernel $(cat /proc/sys/kernel/osrelease)"
+while read -r name path args; do
+    echo "@@NAVM begin $name"
+    # shellcheck disable=SC2086
+    RUST_BACKTRACE=1 NETATTACH_TESTS_STRICT=1 "$path" $args </dev/null 2>&1
+    echo "@@NAVM end $name rc=$?"
+done </t/plan
+echo "@@NAVM done"
+poweroff -f
+INIT
+chmod +x "$root/init"
+
+(cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$out"

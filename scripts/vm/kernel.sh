@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Fetches Debian's cloud kernel (which has ipvlan and 802.1Q as modules, unlike
+# the machine's own kernel) for the test VM, without installing it, into
+#   $NETATTACH_VM_DIR (default /var/cache/netattach/vm)/
+#     vmlinuz        the kernel
+#     modules.order  the .ko files to insmod, dependencies first
+#     lib/modules/   the modules themselves
+# Idempotent: does nothing when the kernel is already there. Run as root.
+set -euo pipefail
+
+dir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
+# The modules the in-VM tests need; their dependencies come from modprobe.
+wanted=(8021q macvlan ipvlan veth)
+
+if [[ -s $dir/vmlinuz && -s $dir/modules.order ]]; then
+    exit 0
+fi
+
+# The exact package behind the meta-package, e.g. linux-image-6.1.0-56-cloud-amd64.
+package=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+if [[ -z $package ]]; then
+    apt-get update -qq
+    package=$(apt-cache depends linux-image-cloud-amd64 |
+        awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+fi
+[[ -n $package ]] || { echo "vm/kernel: no linux-image-cloud-amd64 in apt" >&2; exit 1; }
+version=${package#linux-image-}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# _apt cannot write into a root-only temp dir; the download is checked by apt all the same.
+(cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$package" >/dev/null)
+dpkg-deb -x "$work"/linux-image-*.deb "$work/root"
+depmod -b "$work/root" "$version"
+
+rm -rf "$dir.new"
+mkdir -p "$dir.new/lib/modules/$version"
+cp "$work/root/boot/vmlinuz-$version" "$dir.new/vmlinuz"
+# `insmod /lib/modules/...` lines in load order, dependencies first.
+for module in "${wanted[@]}"; do
+    modprobe -d "$work/root" -S "$version" --show-depends "$module"
+done | awk '$1 == "insmod" { print $2 }' | awk '!seen[$0]++' |
+    sed "s|^$work/root||" >"$dir.new/modules.order"
+while read -r ko; do
+    mkdir -p "$dir.new$(dirname "$ko")"
+    cp "$work/root$ko" "$dir.new$ko"
+done <"$dir.new/modules.order"
+echo "$version" >"$dir.new/VERSION"
+rm -rf "$dir"
+mv "$dir.new" "$dir"
+echo "vm/kernel: $version in $dir"

@@ -1,0 +1,595 @@
+//! ipvlan and 802.1Q parents on a fake LAN. The development and CI machines'
+//! kernel has neither, so every test here is `#[ignore]`d on the host and run
+//! inside a VM booting Debian's kernel by `tests/vm.rs` (`--ignored`).
+//!
+//! The fake LAN is the one of tests/common: `lan0` in the host-side netns,
+//! its veth peer `gw0` with the gateway in the ext netns.
+
+mod common;
+
+use common::{FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
+use serde_json::Value;
+
+/// The host side's own addresses on `lan0`: in l3/l3s mode the slaves'
+/// packets are routed by the parent's netns, which therefore needs a leg on
+/// the LAN, and the far side reaches the slaves through it.
+const HOST4: &str = "192.168.32.1";
+const HOST6: &str = "2001:db8:32::1";
+
+fn has_flag(link: &Value, flag: &str) -> bool {
+    link["flags"]
+        .as_array()
+        .is_some_and(|f| f.contains(&Value::from(flag)))
+}
+
+fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
+    lan.leases_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["owner"] == owner)
+        .map(|l| l["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The container netns holds only `lo`: nothing half-configured was left.
+fn assert_bare(ns: &Netns) {
+    assert_eq!(common::link_names(&ns.name), vec!["lo".to_string()]);
+}
+
+/// `attach --netns NS --id ID --ip ... NETWORK`, which must succeed.
+fn attach(lan: &FakeLan, ns: &Netns, id: &str, ips: &[&str], network: &str) {
+    let mut args = vec!["attach", "--netns", ns.path_str(), "--id", id];
+    for ip in ips {
+        args.extend_from_slice(&["--ip", ip]);
+    }
+    args.push(network);
+    lan.netattach_ok(&args);
+}
+
+/// A dual-stack ipvlan network `name` on `lan0` in `mode` with `flag`.
+fn ipvlan_network(lan: &FakeLan, name: &str, mode: &str, flag: &str) {
+    let mode = format!("ipvlan_mode={mode}");
+    let flag = format!("ipvlan_flag={flag}");
+    lan.create_network_on(
+        "ipvlan",
+        "lan0",
+        name,
+        &[
+            "--subnet",
+            SUBNET4,
+            "--gateway",
+            GW4,
+            "--subnet",
+            SUBNET6,
+            "--gateway",
+            GW6,
+            "-o",
+            &mode,
+            "-o",
+            &flag,
+        ],
+    );
+}
+
+/// Far-side routes for an l3/l3s slave: the host side gets addresses on the
+/// LAN, and the gateway sends the slave's traffic to it.
+fn route_through_host(lan: &FakeLan, slave4: &str, slave6: &str) {
+    if common::addrs(lan.host_ns(), "lan0").is_empty() {
+        lan.host
+            .ip(&["addr", "add", &format!("{HOST4}/24"), "dev", "lan0"]);
+        lan.host.ip(&[
+            "addr",
+            "add",
+            &format!("{HOST6}/64"),
+            "dev",
+            "lan0",
+            "nodad",
+        ]);
+    }
+    lan.ext
+        .ip(&["route", "add", &format!("{slave4}/32"), "via", HOST4]);
+    lan.ext
+        .ip(&["-6", "route", "add", &format!("{slave6}/128"), "via", HOST6]);
+}
+
+/// `ns` gets an echo reply from `addr` within two tries. In l3/l3s mode the
+/// kernel drops the first IPv6 packet while the parent's netns resolves the
+/// gateway's neighbour entry (seen on Debian's 6.1); the second one passes.
+fn reaches(ns: &Netns, addr: &str) -> bool {
+    common::ping_from(&ns.name, addr) || common::ping_from(&ns.name, addr)
+}
+
+/// One ipvlan container in `mode`/`flag`, checked as a user would: kind,
+/// mode, flag, the parent's MAC, addresses, default routes, traffic to the
+/// gateway over IPv4 and IPv6, lease, and release.
+fn check_ipvlan(mode: &str, flag: &str) {
+    let lan = FakeLan::new();
+    ipvlan_network(&lan, "iv", mode, flag);
+    let l3 = mode != "l2";
+    if l3 {
+        route_through_host(&lan, "192.168.32.10", "2001:db8:32::10");
+    }
+    let c = lan.container_ns("1");
+    attach(
+        &lan,
+        &c,
+        "ctr1",
+        &["192.168.32.10/24", "2001:db8:32::10/64"],
+        "iv",
+    );
+
+    let link = common::link_json(&c.name, "eth0");
+    assert_eq!(link["linkinfo"]["info_kind"], "ipvlan", "{link}");
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], mode, "{link}");
+    // iproute2 shows the flag as a key of its own: "bridge": true.
+    assert_eq!(link["linkinfo"]["info_data"][flag], true, "{link}");
+    let parent = common::link_json(lan.host_ns(), "lan0");
+    assert_eq!(
+        link["address"], parent["address"],
+        "ipvlan uses the parent's MAC"
+    );
+    assert!(has_flag(&link, "UP"), "{link}");
+    let mut addrs = common::addrs(&c.name, "eth0");
+    addrs.sort();
+    assert_eq!(addrs, vec!["192.168.32.10/24", "2001:db8:32::10/64"]);
+
+    for ipv6 in [false, true] {
+        let routes = common::routes_json(&c.name, ipv6);
+        let default = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == "default")
+            .unwrap_or_else(|| panic!("no default route (ipv6: {ipv6}): {routes}"));
+        assert_eq!(default["dev"], "eth0", "{default}");
+        if l3 {
+            // l3 slaves do no neighbour discovery: a device route, no gateway.
+            assert!(default["gateway"].is_null(), "{default}");
+        } else {
+            let gw = if ipv6 { GW6 } else { GW4 };
+            assert_eq!(default["gateway"], gw, "{default}");
+        }
+    }
+
+    assert!(reaches(&c, GW4), "{GW4} unreachable in {mode} {flag}");
+    assert!(reaches(&c, GW6), "{GW6} unreachable in {mode} {flag}");
+    let mut leases = leases_of(&lan, "ctr1");
+    leases.sort();
+    assert_eq!(leases, vec!["192.168.32.10", "2001:db8:32::10"]);
+
+    lan.netattach_ok(&["detach", "--id", "ctr1", "--netns", c.path_str()]);
+    assert!(leases_of(&lan, "ctr1").is_empty());
+    assert_bare(&c);
+    assert_eq!(lan.host_links(), vec!["lo".to_string(), "lan0".to_string()]);
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l2_bridge() {
+    check_ipvlan("l2", "bridge");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l2_private() {
+    check_ipvlan("l2", "private");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l2_vepa() {
+    check_ipvlan("l2", "vepa");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3_bridge() {
+    check_ipvlan("l3", "bridge");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3_private() {
+    check_ipvlan("l3", "private");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3_vepa() {
+    check_ipvlan("l3", "vepa");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3s_bridge() {
+    check_ipvlan("l3s", "bridge");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3s_private() {
+    check_ipvlan("l3s", "private");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l3s_vepa() {
+    check_ipvlan("l3s", "vepa");
+}
+
+/// Two containers on one parent in `mode`/`flag`: can the first ping the second?
+fn siblings_talk(mode: &str, flag: &str) -> bool {
+    let lan = FakeLan::new();
+    ipvlan_network(&lan, "iv", mode, flag);
+    if mode != "l2" {
+        route_through_host(&lan, "192.168.32.11", "2001:db8:32::11");
+        route_through_host(&lan, "192.168.32.12", "2001:db8:32::12");
+    }
+    let a = lan.container_ns("a");
+    let b = lan.container_ns("b");
+    attach(
+        &lan,
+        &a,
+        "a",
+        &["192.168.32.11/24", "2001:db8:32::11/64"],
+        "iv",
+    );
+    attach(
+        &lan,
+        &b,
+        "b",
+        &["192.168.32.12/24", "2001:db8:32::12/64"],
+        "iv",
+    );
+    // Both reach the LAN whatever the flag: only sibling traffic differs.
+    for ns in [&a, &b] {
+        assert!(common::ping_from(&ns.name, GW4), "{mode} {flag}: gateway");
+    }
+    common::ping_from(&a.name, "192.168.32.12")
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_flags_between_two_containers() {
+    assert!(
+        siblings_talk("l2", "bridge"),
+        "l2 bridge must let siblings talk"
+    );
+    assert!(
+        !siblings_talk("l2", "private"),
+        "l2 private must isolate siblings"
+    );
+    // vepa sends sibling traffic out to the LAN; the fake LAN does no hairpin.
+    assert!(
+        !siblings_talk("l2", "vepa"),
+        "l2 vepa must not switch locally"
+    );
+    assert!(
+        siblings_talk("l3", "bridge"),
+        "l3 bridge must let siblings talk"
+    );
+    assert!(
+        !siblings_talk("l3", "private"),
+        "l3 private must isolate siblings"
+    );
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_refuses_a_mac_and_leaves_nothing() {
+    let lan = FakeLan::new();
+    ipvlan_network(&lan, "iv", "l2", "bridge");
+    let c = lan.container_ns("1");
+    let out = lan.netattach(&[
+        "attach",
+        "--netns",
+        c.path_str(),
+        "--id",
+        "ctr1",
+        "--mac",
+        "02:00:00:00:00:01",
+        "--ip",
+        "192.168.32.10",
+        "iv",
+    ]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(err.contains("ipvlan") && err.contains("MAC"), "{err}");
+    assert_bare(&c);
+    assert!(leases_of(&lan, "ctr1").is_empty());
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn one_parent_carries_one_driver_and_one_ipvlan_mode() {
+    let lan = FakeLan::new();
+    lan.create_network("mv", &[]);
+    ipvlan_network(&lan, "l2", "l2", "bridge");
+    ipvlan_network(&lan, "l3", "l3", "bridge");
+    let a = lan.container_ns("a");
+    let b = lan.container_ns("b");
+
+    // macvlan in use: ipvlan on the same parent is refused before anything is made.
+    attach(&lan, &a, "a", &["192.168.32.11"], "mv");
+    let out = lan.netattach(&["attach", "--netns", b.path_str(), "--id", "b", "l2"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(err.contains("either macvlan or ipvlan"), "{err}");
+    assert!(err.contains("mv"), "names the network in the way: {err}");
+    assert_bare(&b);
+    assert!(leases_of(&lan, "b").is_empty());
+    lan.netattach_ok(&["detach", "--id", "a", "--netns", a.path_str()]);
+
+    // ipvlan l2 in use: an l3 slave would silently switch it to l3. Refused.
+    attach(&lan, &a, "a", &["192.168.32.11"], "l2");
+    let out = lan.netattach(&["attach", "--netns", b.path_str(), "--id", "b", "l3"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(err.contains("one ipvlan mode"), "{err}");
+    assert_bare(&b);
+    let link = common::link_json(&a.name, "eth0");
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "l2", "{link}");
+    // A second l2 container is fine, and so is macvlan once ipvlan is gone.
+    attach(&lan, &b, "b", &["192.168.32.12"], "l2");
+    for (ns, id) in [(&a, "a"), (&b, "b")] {
+        lan.netattach_ok(&["detach", "--id", id, "--netns", ns.path_str()]);
+    }
+    attach(&lan, &a, "a", &["192.168.32.11"], "mv");
+    assert!(common::ping_from(&a.name, GW4));
+}
+
+/// The LAN side of VLANs 50 and 60: each VLAN's end of `gw0` in a peer netns
+/// of its own, both with addresses of one subnet, so only the tag separates them.
+struct VlanPeers {
+    v50: Netns,
+    v60: Netns,
+}
+
+const VLAN_SUBNET: &str = "192.168.50.0/24";
+const PEER50: &str = "192.168.50.254";
+const PEER60: &str = "192.168.50.253";
+
+impl VlanPeers {
+    fn new(lan: &FakeLan) -> VlanPeers {
+        let v50 = lan.container_ns("v50");
+        let v60 = lan.container_ns("v60");
+        for (vid, ns, addr) in [("50", &v50, PEER50), ("60", &v60, PEER60)] {
+            let name = format!("gw0.{vid}");
+            lan.ext.ip(&[
+                "link", "add", "link", "gw0", "name", &name, "type", "vlan", "id", vid,
+            ]);
+            lan.ext.ip(&["link", "set", &name, "netns", &ns.name]);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &name]);
+            ns.ip(&["link", "set", &name, "up"]);
+        }
+        VlanPeers { v50, v60 }
+    }
+}
+
+/// The VLAN link `name` in the host-side netns: (vlan id, up), or None.
+fn host_vlan(lan: &FakeLan, name: &str) -> Option<(u64, bool)> {
+    let link = common::link_json(lan.host_ns(), name);
+    if link.is_null() {
+        return None;
+    }
+    assert_eq!(link["linkinfo"]["info_kind"], "vlan", "{link}");
+    let id = link["linkinfo"]["info_data"]["id"].as_u64().unwrap();
+    Some((id, has_flag(&link, "UP")))
+}
+
+fn vlan_network(lan: &FakeLan, name: &str, parent: &str) {
+    lan.create_network_on("macvlan", parent, name, &["--subnet", VLAN_SUBNET]);
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn vlan_traffic_stays_on_its_vlan() {
+    let lan = FakeLan::new();
+    let peers = VlanPeers::new(&lan);
+    vlan_network(&lan, "v50", "lan0.50");
+    vlan_network(&lan, "v60", "lan0.60");
+    let a = lan.container_ns("a");
+    let b = lan.container_ns("b");
+    attach(&lan, &a, "a", &["192.168.50.10"], "v50");
+    attach(&lan, &b, "b", &["192.168.50.11"], "v60");
+    assert_eq!(host_vlan(&lan, "lan0.50"), Some((50, true)));
+    assert_eq!(host_vlan(&lan, "lan0.60"), Some((60, true)));
+
+    assert!(
+        common::ping_from(&a.name, PEER50),
+        "VLAN 50 peer unreachable"
+    );
+    assert!(
+        !common::ping_from(&a.name, PEER60),
+        "VLAN 60 peer reached from VLAN 50"
+    );
+    assert!(
+        common::ping_from(&b.name, PEER60),
+        "VLAN 60 peer unreachable"
+    );
+    assert!(
+        !common::ping_from(&b.name, PEER50),
+        "VLAN 50 peer reached from VLAN 60"
+    );
+    // The frames really were tagged: the peers saw the containers on their VLAN only.
+    for (peer, own, other) in [
+        (&peers.v50, "192.168.50.10", "192.168.50.11"),
+        (&peers.v60, "192.168.50.11", "192.168.50.10"),
+    ] {
+        let seen = common::stdout(&common::run_ok("ip", &["-n", &peer.name, "neigh", "show"]));
+        assert!(seen.contains(own), "{}: {seen}", peer.name);
+        assert!(!seen.contains(other), "{}: {seen}", peer.name);
+    }
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn vlan_parent_is_shared_and_removed_with_its_last_user() {
+    let lan = FakeLan::new();
+    let _peers = VlanPeers::new(&lan);
+    vlan_network(&lan, "one", "lan0.50");
+    vlan_network(&lan, "two", "lan0.50");
+    assert_eq!(
+        host_vlan(&lan, "lan0.50"),
+        None,
+        "created on first use, not before"
+    );
+    let a = lan.container_ns("a");
+    let b = lan.container_ns("b");
+    attach(&lan, &a, "a", &["192.168.50.10"], "one");
+    attach(&lan, &b, "b", &["192.168.50.11"], "two");
+    let vlans: Vec<String> = lan
+        .host_links()
+        .into_iter()
+        .filter(|l| l.starts_with("lan0."))
+        .collect();
+    assert_eq!(
+        vlans,
+        vec!["lan0.50".to_string()],
+        "one sub-interface for both"
+    );
+    assert!(common::ping_from(&a.name, PEER50));
+    assert!(common::ping_from(&b.name, PEER50));
+    let doctor = lan.netattach_ok(&["doctor"]);
+    assert!(doctor.contains("VLAN created by netattach"), "{doctor}");
+
+    lan.netattach_ok(&["detach", "--id", "a", "--netns", a.path_str()]);
+    lan.netattach_ok(&["network", "rm", "one"]);
+    assert!(
+        host_vlan(&lan, "lan0.50").is_some(),
+        "network two still uses it"
+    );
+    assert!(common::ping_from(&b.name, PEER50));
+    lan.netattach_ok(&["detach", "--id", "b", "--netns", b.path_str()]);
+    assert!(
+        host_vlan(&lan, "lan0.50").is_some(),
+        "network two is still defined"
+    );
+    lan.netattach_ok(&["network", "rm", "two"]);
+    assert_eq!(
+        host_vlan(&lan, "lan0.50"),
+        None,
+        "removed with its last user"
+    );
+    assert_eq!(lan.host_links(), vec!["lo".to_string(), "lan0".to_string()]);
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn vlan_of_a_dead_container_is_freed_by_gc_and_network_rm() {
+    let lan = FakeLan::new();
+    vlan_network(&lan, "v50", "lan0.50");
+    let c = lan.container_ns("gone");
+    attach(&lan, &c, "gone", &["192.168.50.10"], "v50");
+    drop(c); // the container died without a release
+    let out = lan.netattach(&["network", "rm", "v50"]);
+    assert!(!out.status.success(), "an attachment is still recorded");
+    assert!(host_vlan(&lan, "lan0.50").is_some());
+    lan.netattach_ok(&["gc"]);
+    assert!(leases_of(&lan, "gone").is_empty());
+    assert!(host_vlan(&lan, "lan0.50").is_some(), "v50 still defined");
+    lan.netattach_ok(&["network", "rm", "v50"]);
+    assert_eq!(host_vlan(&lan, "lan0.50"), None);
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn vlan_made_by_someone_else_is_never_removed() {
+    let lan = FakeLan::new();
+    lan.host.ip(&[
+        "link", "add", "link", "lan0", "name", "lan0.70", "type", "vlan", "id", "70",
+    ]);
+    lan.host.ip(&["link", "set", "lan0.70", "up"]);
+    vlan_network(&lan, "v70", "lan0.70");
+    let c = lan.container_ns("1");
+    attach(&lan, &c, "c", &["192.168.50.10"], "v70");
+    lan.netattach_ok(&["detach", "--id", "c", "--netns", c.path_str()]);
+    lan.netattach_ok(&["network", "rm", "v70"]);
+    lan.netattach_ok(&["gc"]);
+    assert_eq!(host_vlan(&lan, "lan0.70"), Some((70, true)));
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn vlan_parent_refusals() {
+    let lan = FakeLan::new();
+    let out = lan.netattach(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=lan0.4095",
+        "--subnet",
+        VLAN_SUBNET,
+        "bad",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("outside 1-4094"),
+        "{}",
+        common::text(&out)
+    );
+
+    vlan_network(&lan, "nobase", "nope0.50");
+    let c = lan.container_ns("1");
+    let out = lan.netattach(&[
+        "attach",
+        "--netns",
+        c.path_str(),
+        "--id",
+        "c",
+        "--ip",
+        "192.168.50.10",
+        "nobase",
+    ]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("nope0") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_bare(&c);
+    assert!(leases_of(&lan, "c").is_empty());
+    assert_eq!(lan.host_links(), vec!["lo".to_string(), "lan0".to_string()]);
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_on_a_vlan_parent() {
+    let lan = FakeLan::new();
+    let _peers = VlanPeers::new(&lan);
+    lan.create_network_on(
+        "ipvlan",
+        "lan0.50",
+        "iv50",
+        &["--subnet", VLAN_SUBNET, "-o", "ipvlan_mode=l2"],
+    );
+    let c = lan.container_ns("1");
+    attach(&lan, &c, "c", &["192.168.50.10"], "iv50");
+    let link = common::link_json(&c.name, "eth0");
+    assert_eq!(link["linkinfo"]["info_kind"], "ipvlan", "{link}");
+    assert!(common::ping_from(&c.name, PEER50));
+    assert!(!common::ping_from(&c.name, PEER60));
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn doctor_reports_ipvlan_and_vlan_support() {
+    let lan = FakeLan::new();
+    vlan_network(&lan, "v50", "lan0.50");
+    let out = lan.netattach(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for feature in ["macvlan", "ipvlan", "802.1Q"] {
+        let f = report["kernel"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == feature)
+            .unwrap_or_else(|| panic!("{feature} missing: {report}"));
+        assert_eq!(f["supported"], true, "{f}");
+    }
+    assert_eq!(report["networks"][0]["state"], "will be created on lan0");
+}
