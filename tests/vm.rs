@@ -4,6 +4,7 @@
 //!
 //!   - tests/in_vm.rs (its `#[ignore]`d tests: ipvlan, VLAN parents), and
 //!   - tests/attach_macvlan.rs (the host's macvlan tests, proving the VM path),
+//!   - the runc tests of tests/e2e_runtimes.rs (a real container start),
 //!
 //! and reports one libtest-style line per in-VM test, read from markers on
 //! the serial console. Not a libtest harness (`harness = false`): it is one
@@ -22,8 +23,47 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The test binaries run in the VM and the arguments that select their tests.
-const SUITES: &[(&str, &[&str])] = &[("in_vm", &["--ignored"]), ("attach_macvlan", &[])];
+/// A test binary run in the VM.
+struct Suite {
+    name: &'static str,
+    /// Arguments that select its tests (`--ignored` for tests/in_vm.rs).
+    args: &'static [&'static str],
+    /// Only the tests whose name starts with this run in the VM.
+    prefix: &'static str,
+}
+
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "in_vm",
+        args: &["--ignored"],
+        prefix: "",
+    },
+    Suite {
+        name: "attach_macvlan",
+        args: &[],
+        prefix: "",
+    },
+    // runc end to end; crun and podman are proven on the host only.
+    Suite {
+        name: "e2e_runtimes",
+        args: &[],
+        prefix: "runc_",
+    },
+];
+
+/// Programs and files the VM suites need besides netattach, each at its own
+/// absolute path: runc, and bash for scripts/make-rootfs.sh.
+fn extra_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["runc", "bash"].iter().filter_map(|p| which(p)).collect();
+    files.push(Path::new(REPO).join("scripts/make-rootfs.sh"));
+    files
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
 
 /// A whole VM run may not take longer than this (software emulation is slow,
 /// but a hang must still end the run).
@@ -61,17 +101,18 @@ fn main() -> ExitCode {
     // Which tests run: listed on the host (listing needs no ipvlan).
     let mut plan = Vec::new();
     let mut filtered_out = 0;
-    for (suite, suite_args) in SUITES {
-        let names = list_tests(&binaries[*suite], suite_args);
+    for suite in SUITES {
+        let names = list_tests(&binaries[suite.name], suite.args);
         let (chosen, rest): (Vec<String>, Vec<String>) = names
             .into_iter()
-            .partition(|n| selected(&format!("{suite}::{n}"), &filters));
+            .filter(|n| n.starts_with(suite.prefix))
+            .partition(|n| selected(&format!("{}::{n}", suite.name), &filters));
         filtered_out += rest.len();
         if !chosen.is_empty() {
-            plan.push((*suite, suite_args, chosen));
+            plan.push((suite, chosen));
         }
     }
-    let total: usize = plan.iter().map(|(_, _, c)| c.len()).sum();
+    let total: usize = plan.iter().map(|(_, c)| c.len()).sum();
     println!("\nrunning {total} tests (in a VM)");
     if total == 0 {
         summary(0, 0, filtered_out, started);
@@ -85,8 +126,9 @@ fn main() -> ExitCode {
     let results = parse_console(&console);
 
     let (mut passed, mut failed) = (0, 0);
-    for (suite, _, chosen) in &plan {
-        let got = results.get(*suite);
+    for (suite, chosen) in &plan {
+        let suite = suite.name;
+        let got = results.get(suite);
         for name in chosen {
             let outcome = got
                 .and_then(|r| r.tests.get(name))
@@ -148,7 +190,9 @@ fn missing_prerequisites() -> Vec<String> {
     if !common::have("qemu-system-x86_64") {
         missing.push("needs qemu-system-x86_64 (scripts/install-deps.sh)".into());
     }
-    for tool in ["cpio", "gzip", "busybox", "ip", "nsenter", "ping", "ldd"] {
+    for tool in [
+        "cpio", "gzip", "busybox", "ip", "nsenter", "ping", "ldd", "runc", "bash",
+    ] {
         if !common::have(tool) {
             missing.push(format!("needs {tool} to build the initramfs"));
         }
@@ -191,8 +235,8 @@ fn build_test_binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
         }
         None => return Err(format!("unexpected location {}", exe.display())),
     }
-    for (suite, _) in SUITES {
-        cmd.args(["--test", suite]);
+    for suite in SUITES {
+        cmd.args(["--test", suite.name]);
     }
     let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
     if !out.status.success() {
@@ -207,14 +251,14 @@ fn build_test_binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
         else {
             continue;
         };
-        if let Some((suite, _)) = SUITES.iter().find(|(s, _)| *s == name) {
+        if let Some(suite) = SUITES.iter().find(|s| s.name == name) {
             if msg["profile"]["test"] == true {
-                found.insert(*suite, PathBuf::from(exe));
+                found.insert(suite.name, PathBuf::from(exe));
             }
         }
     }
-    match SUITES.iter().find(|(s, _)| !found.contains_key(s)) {
-        Some((s, _)) => Err(format!("cargo named no executable for {s}")),
+    match SUITES.iter().find(|s| !found.contains_key(s.name)) {
+        Some(s) => Err(format!("cargo named no executable for {}", s.name)),
         None => Ok(found),
     }
 }
@@ -236,17 +280,18 @@ fn list_tests(binary: &Path, suite_args: &[&str]) -> Vec<String> {
 /// Builds the initramfs, boots it and returns the console lines.
 fn boot(
     binaries: &BTreeMap<&'static str, PathBuf>,
-    plan: &[(&str, &&[&str], Vec<String>)],
+    plan: &[(&Suite, Vec<String>)],
 ) -> Result<Vec<String>, String> {
     let work = common::TempDir::new(&format!("netattach-test-{}-vm", common::unique_tag()));
     let plan_file = work.path().join("plan");
     let mut lines = String::new();
-    for (suite, suite_args, chosen) in plan {
-        // One test at a time: the VM has little memory and one slow CPU.
+    for (suite, chosen) in plan {
+        // One test at a time: the VM has little memory and slow CPUs.
         lines.push_str(&format!(
-            "{suite} {} {} --test-threads=1 --exact {}\n",
-            binaries[suite].display(),
-            suite_args.join(" "),
+            "{} {} {} --test-threads=1 --exact {}\n",
+            suite.name,
+            binaries[suite.name].display(),
+            suite.args.join(" "),
             chosen.join(" ")
         ));
     }
@@ -256,6 +301,7 @@ fn boot(
         .arg(&initrd)
         .arg(common::bin())
         .arg(&plan_file)
+        .args(extra_files())
         .status()
         .map_err(|e| format!("initramfs.sh: {e}"))?;
     if !status.success() {

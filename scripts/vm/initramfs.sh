@@ -3,17 +3,19 @@
 # iputils' ping (each with the shared libraries ldd names), the kernel modules
 # from scripts/vm/kernel.sh, the netattach binary and the test binaries.
 #
-#   initramfs.sh OUT.gz NETATTACH_BIN PLAN
+#   initramfs.sh OUT.gz NETATTACH_BIN PLAN [EXTRA...]
 #
 # PLAN is a file of lines `NAME PATH ARGS...`: /init runs each test binary
 # PATH with ARGS in that order, between console markers
 #   @@NAVM begin NAME
 #   @@NAVM end NAME rc=N
-# and powers off. netattach is placed at its own absolute path, because the
-# test binaries have that path compiled in.
+# and powers off. netattach and the EXTRA files (programs like runc, scripts
+# the tests call) are placed at their own absolute paths, because the test
+# binaries have those paths compiled in or look them up on PATH.
 set -euo pipefail
 
 out=$1 netattach=$2 plan=$3
+shift 3
 kdir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
 [[ -s $kdir/modules.order ]] || { echo "no VM kernel in $kdir: run scripts/vm/kernel.sh" >&2; exit 1; }
 
@@ -35,15 +37,22 @@ copy_with_libs() {
 }
 
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount umount mkdir cat echo sleep poweroff insmod timeout ls dmesg; do
+for applet in sh mount umount mkdir cat echo sleep poweroff insmod timeout ls dmesg \
+    switch_root cp chmod ln head grep printf rm tar; do
     ln -s busybox "$root/bin/$applet"
 done
+ln -s /bin/busybox "$root/usr/bin/env"
 copy_with_libs "$(command -v ip)" /usr/sbin/ip
 copy_with_libs "$(command -v nsenter)" /usr/bin/nsenter
 copy_with_libs "$(command -v ping)" /usr/bin/ping
+# busybox-static has no `install` (scripts/make-rootfs.sh uses it).
+copy_with_libs "$(command -v install)" /usr/bin/install
 [[ -d /etc/iproute2 ]] && cp -r /etc/iproute2 "$root/etc/"
 [[ -d /usr/share/iproute2 ]] && mkdir -p "$root/usr/share" && cp -r /usr/share/iproute2 "$root/usr/share/"
 copy_with_libs "$netattach" "$(realpath "$netattach")"
+for extra in "$@"; do
+    copy_with_libs "$extra"
+done
 
 cp -r "$kdir/lib" "$root/"
 cp "$kdir/modules.order" "$root/modules.order"
@@ -58,12 +67,24 @@ done <"$plan"
 cat >"$root/init" <<'INIT'
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# runc needs pivot_root, which the initramfs root (rootfs) cannot do: move
+# everything to a tmpfs first and start over from there.
+if [ -z "$NAVM_ON_TMPFS" ]; then
+    mkdir /newroot
+    mount -t tmpfs -o size=90% tmpfs /newroot
+    for d in /*; do
+        [ "$d" = /newroot ] || cp -a "$d" /newroot/
+    done
+    export NAVM_ON_TMPFS=1
+    exec switch_root /newroot /init
+fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /var && ln -s /run /var/run
 # Only panics and errors from the kernel on the console between test lines.
 echo 1 >/proc/sys/kernel/printk
