@@ -574,22 +574,61 @@ fn ipvlan_on_a_vlan_parent() {
     assert!(!common::ping_from(&c.name, PEER60));
 }
 
+/// `netattach doctor --json`, which must succeed.
+fn doctor(lan: &FakeLan) -> Value {
+    let out = lan.netattach(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The doctor's entry for one kernel feature.
+fn feature<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing: {report}"))
+}
+
 #[test]
 #[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
 fn doctor_reports_ipvlan_and_vlan_support() {
     let lan = FakeLan::new();
     vlan_network(&lan, "v50", "lan0.50");
-    let out = lan.netattach(&["doctor", "--json"]);
-    assert!(out.status.success(), "{}", common::text(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for feature in ["macvlan", "ipvlan", "802.1Q"] {
-        let f = report["kernel"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["name"] == feature)
-            .unwrap_or_else(|| panic!("{feature} missing: {report}"));
-        assert_eq!(f["supported"], true, "{f}");
+    let report = doctor(&lan);
+    for name in ["macvlan", "ipvlan", "802.1Q"] {
+        assert_eq!(feature(&report, name)["supported"], true, "{report}");
     }
     assert_eq!(report["networks"][0]["state"], "will be created on lan0");
+}
+
+/// `rmmod MODULE`, retrying while namespaces deleted by earlier tests still
+/// hold links of it (the kernel frees them asynchronously).
+fn unload(module: &str) {
+    for _ in 0..100 {
+        if common::run("rmmod", &[module]).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("cannot unload {module}");
+}
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn doctor_loads_missing_modules_on_demand() {
+    let lan = FakeLan::new();
+    unload("ipvlan");
+    unload("8021q");
+    // The probe makes the kernel call modprobe, as a real attach would.
+    let report = doctor(&lan);
+    for name in ["ipvlan", "802.1Q"] {
+        let f = feature(&report, name);
+        assert_eq!(f["supported"], true, "{f}");
+        assert_eq!(f["how"], "module, loaded on demand", "{f}");
+    }
+    let report = doctor(&lan);
+    assert_eq!(feature(&report, "ipvlan")["how"], "loaded module");
+    assert_eq!(feature(&report, "802.1Q")["how"], "loaded module");
 }

@@ -38,13 +38,15 @@ copy_with_libs() {
 
 cp /bin/busybox "$root/bin/busybox"
 for applet in sh mount umount mkdir cat echo sleep poweroff insmod timeout ls dmesg \
-    switch_root cp chmod ln head grep printf rm tar; do
+    switch_root cp chmod ln head grep printf rm tar rmmod lsmod; do
     ln -s busybox "$root/bin/$applet"
 done
 ln -s /bin/busybox "$root/usr/bin/env"
 copy_with_libs "$(command -v ip)" /usr/sbin/ip
 copy_with_libs "$(command -v nsenter)" /usr/bin/nsenter
 copy_with_libs "$(command -v ping)" /usr/bin/ping
+# kmod's modprobe: the kernel calls it to load ipvlan or 8021q on demand.
+copy_with_libs "$(command -v modprobe || echo /usr/sbin/modprobe)" /sbin/modprobe
 # busybox-static has no `install` (scripts/make-rootfs.sh uses it).
 copy_with_libs "$(command -v install)" /usr/bin/install
 [[ -d /etc/iproute2 ]] && cp -r /etc/iproute2 "$root/etc/"

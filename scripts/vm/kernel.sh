@@ -4,7 +4,8 @@
 #   $NETATTACH_VM_DIR (default /var/cache/netattach/vm)/
 #     vmlinuz        the kernel
 #     modules.order  the .ko files to insmod, dependencies first
-#     lib/modules/   the modules themselves
+#     lib/modules/   the modules themselves, with depmod's index so that the
+#                    kernel can also load them on demand through modprobe
 # Idempotent: does nothing when the kernel is already there. Run as root.
 set -euo pipefail
 
@@ -12,7 +13,9 @@ dir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
 # The modules the in-VM tests need; their dependencies come from modprobe.
 wanted=(8021q macvlan ipvlan veth)
 
-if [[ -s $dir/vmlinuz && -s $dir/modules.order ]]; then
+# Bumped when the layout above changes, so that old caches are refetched.
+layout=2
+if [[ -s $dir/vmlinuz && $(cat "$dir/LAYOUT" 2>/dev/null) == "$layout" ]]; then
     exit 0
 fi
 
@@ -46,7 +49,9 @@ while read -r ko; do
     mkdir -p "$dir.new$(dirname "$ko")"
     cp "$work/root$ko" "$dir.new$ko"
 done <"$dir.new/modules.order"
+cp "$work/root/lib/modules/$version"/modules.* "$dir.new/lib/modules/$version/"
 echo "$version" >"$dir.new/VERSION"
+echo "$layout" >"$dir.new/LAYOUT"
 rm -rf "$dir"
 mv "$dir.new" "$dir"
 echo "vm/kernel: $version in $dir"
