@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
-"""Attach latency of one macvlan, side by side on the same machine and run:
+"""Attach latency, side by side with the peers on the same machine and run.
 
-  netattach-hook  `netattach hook attach`, the OCI state on stdin, as runc calls it
-  netattach-cli   `netattach attach --netns PATH lan --ip ...`
-  netavark        `netavark --config DIR setup NETNS` (podman's network tool)
-  cni             the CNI reference `macvlan` plugin with `static` IPAM
+One macvlan, attach and release / teardown:
 
-and their release / teardown (`netattach hook release`, `netavark teardown`,
-CNI DEL). Two variants: a static IPv4 address, and dual stack (IPv4 + IPv6).
+  netattach-hook  `netattach hook attach|release`, the OCI state on stdin, as runc calls it
+  netattach-cli   `netattach attach ...` / `netattach detach`
+  netavark        `netavark --config DIR setup|teardown NETNS` (podman's network tool)
+  cni             the CNI reference `macvlan` plugin, ADD / DEL
+
+in three variants: a static IPv4 address (CNI IPAM `static`), dual stack
+(IPv4 + IPv6), and pooled IPv4 (netattach's pool, netavark's own IPAM, CNI
+`host-local`). Then a whole container: `runc create` + `runc start` of busybox
+`true` without a network hook and with the netattach hook (createRuntime
+attach; poststop release runs at the untimed delete), so the latency the hook
+adds to a container start is visible. Then
+the NRI face: RunPodSandbox / RemovePodSandbox round trips from the test
+runtime side (tests/nri.rs `run_pod_sandbox_latency`, run through cargo).
 
 Every measured attach goes into a fresh network namespace, created before the
 timer starts; tools are interleaved run by run so drift hits them alike. The
@@ -15,16 +23,19 @@ namespaces are deleted in batches between rounds (a netns deletion makes the
 kernel hold the rtnl lock for a while; deleting between measurements would
 charge that to whichever tool runs next). A run's time is the wall time of the
 tool's process, fork to exit, as measured from here (the same spawn overhead
-for every tool). The first run of each tool is checked: the interface must be
-in the namespace with its address, or the benchmark stops.
+for every tool); this script enters the host-side netns itself, so the tools
+are spawned directly, as a runtime spawns its hook. The first run of each tool
+is checked: the interface must be in the namespace with its address, or the
+benchmark stops.
 
 Everything happens in namespaces this script creates (`nabench-*`): a host side
 holding the parent `lan0`, a LAN side holding the gateway. Run as root:
 
-  bench/attach.py [--runs N] [--smoke] [--json FILE]
+  bench/attach.py [--runs N] [--smoke] [--binary PATH] [--json FILE] [--skip-nri]
 """
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -39,15 +50,24 @@ NETAVARK = "/usr/lib/podman/netavark"
 CNI_PATH = "/usr/lib/cni"
 PREFIX = f"nabench-{os.getpid()}"
 HOST_NS, LAN_NS = f"{PREFIX}-h", f"{PREFIX}-x"
+CLONE_NEWNET = 0x40000000
 
 
 def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, **kw)
 
 
-def in_host(args):
-    """A command line that runs `args` in the host-side netns."""
-    return ["nsenter", f"--net=/run/netns/{HOST_NS}", *args]
+def enter_host_ns():
+    """Moves this process into the host-side netns, so that every tool is
+    spawned straight from here (no nsenter exec in the timed path, which would
+    add the same ~1 ms to every tool and hide the differences)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{HOST_NS}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            sys.exit(f"setns {HOST_NS}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
 
 
 def timed(args, stdin=b"", env=None):
@@ -55,7 +75,7 @@ def timed(args, stdin=b"", env=None):
     r = subprocess.run(args, input=stdin, capture_output=True, env=env)
     elapsed = (time.perf_counter_ns() - start) / 1e6
     if r.returncode != 0:
-        sys.exit(f"{' '.join(args[-4:])} failed: {r.stderr.decode().strip()}")
+        sys.exit(f"{' '.join(args[-4:])} failed: {(r.stderr or r.stdout).decode().strip()}")
     return elapsed
 
 
@@ -80,8 +100,8 @@ def cleanup(work):
 class Tools:
     """Each tool's attach and release for run `i` into netns `ns`."""
 
-    def __init__(self, work, binary, dual):
-        self.work, self.bin, self.dual = work, binary, dual
+    def __init__(self, work, binary, dual=False, pooled=False):
+        self.work, self.bin, self.dual, self.pooled = work, binary, dual, pooled
         self.env = dict(os.environ, NETATTACH_CONFIG_DIR=f"{work}/na-config", NETATTACH_STATE_DIR=f"{work}/na-state")
         create = [binary, "network", "create", "-d", "macvlan", "--subnet", "192.168.32.0/24", "--gateway", "192.168.32.254"]
         if dual:
@@ -90,13 +110,15 @@ class Tools:
         os.makedirs(f"{work}/netavark", exist_ok=True)
 
     def addresses(self, i):
+        if self.pooled:
+            return (None, None)
         v4 = f"192.168.32.{10 + i % 240}"
         v6 = f"2001:db8:32::{10 + i % 240:x}"
         return (v4, v6) if self.dual else (v4, None)
 
     def netattach_hook(self, i, ns, release=False):
         v4, v6 = self.addresses(i)
-        ips = [f"{v4}/24"] + ([f"{v6}/64"] if v6 else [])
+        ips = [f"{a}/{p}" for a, p in ((v4, 24), (v6, 64)) if a]
         bundle = f"{self.work}/bundle-{ns}"
         os.makedirs(bundle, exist_ok=True)
         with open(f"{bundle}/config.json", "w") as f:
@@ -104,19 +126,20 @@ class Tools:
         state = {
             "ociVersion": "1.0.2-dev", "id": f"hook-{ns}", "bundle": bundle,
             "status": "stopped" if release else "creating",
-            "annotations": {"netattach/networks": json.dumps([{"name": "lan", "ips": ips}])},
+            "annotations": {"netattach/networks": json.dumps([{"name": "lan", "ips": ips}]) if ips else "lan"},
         }
         verb = "release" if release else "attach"
-        return timed(in_host([self.bin, "hook", verb]), json.dumps(state).encode(), self.env)
+        return timed([self.bin, "hook", verb], json.dumps(state).encode(), self.env)
 
     def netattach_cli(self, i, ns, release=False):
         if release:
-            return timed(in_host([self.bin, "detach", "--id", f"cli-{ns}"]), env=self.env)
+            return timed([self.bin, "detach", "--id", f"cli-{ns}"], env=self.env)
         v4, v6 = self.addresses(i)
-        args = [self.bin, "attach", "--netns", f"/run/netns/{ns}", "--id", f"cli-{ns}", "--ip", v4]
-        if v6:
-            args += ["--ip", v6]
-        return timed(in_host(args + ["lan"]), env=self.env)
+        args = [self.bin, "attach", "--netns", f"/run/netns/{ns}", "--id", f"cli-{ns}"]
+        for a in (v4, v6):
+            if a:
+                args += ["--ip", a]
+        return timed(args + ["lan"], env=self.env)
 
     def netavark(self, i, ns, release=False):
         v4, v6 = self.addresses(i)
@@ -125,7 +148,7 @@ class Tools:
             subnets.append({"subnet": "2001:db8:32::/64", "gateway": "2001:db8:32::fe"})
         doc = {
             "container_id": f"{i:064x}", "container_name": f"c{i}",
-            "networks": {"lan": {"interface_name": "eth0", "static_ips": [a for a in (v4, v6) if a]}},
+            "networks": {"lan": {"interface_name": "eth0", "static_ips": [a for a in (v4, v6) if a] or None}},
             "network_info": {"lan": {
                 "name": "lan", "id": "b" * 64, "driver": "macvlan", "network_interface": "lan0",
                 "subnets": subnets, "ipv6_enabled": bool(v6), "internal": False, "dns_enabled": False,
@@ -134,25 +157,31 @@ class Tools:
         }
         verb = "teardown" if release else "setup"
         args = [NETAVARK, "--config", f"{self.work}/netavark", verb, f"/run/netns/{ns}"]
-        return timed(in_host(args), json.dumps(doc).encode())
+        return timed(args, json.dumps(doc).encode())
 
     def cni(self, i, ns, release=False):
         v4, v6 = self.addresses(i)
-        addresses = [{"address": f"{v4}/24", "gateway": "192.168.32.254"}]
         routes = [{"dst": "0.0.0.0/0"}]
-        if v6:
-            addresses.append({"address": f"{v6}/64", "gateway": "2001:db8:32::fe"})
-            routes.append({"dst": "::/0"})
-        conf = {
-            "cniVersion": "0.4.0", "name": "lan", "type": "macvlan", "master": "lan0", "mode": "bridge",
-            "ipam": {"type": "static", "addresses": addresses, "routes": routes},
-        }
+        if self.pooled:
+            ipam = {"type": "host-local", "dataDir": f"{self.work}/cni-ipam", "routes": routes,
+                    "ranges": [[{"subnet": "192.168.32.0/24", "gateway": "192.168.32.254"}]]}
+        else:
+            addresses = [{"address": f"{v4}/24", "gateway": "192.168.32.254"}]
+            if v6:
+                addresses.append({"address": f"{v6}/64", "gateway": "2001:db8:32::fe"})
+                routes.append({"dst": "::/0"})
+            ipam = {"type": "static", "addresses": addresses, "routes": routes}
+        conf = {"cniVersion": "0.4.0", "name": "lan", "type": "macvlan", "master": "lan0", "mode": "bridge",
+                "ipam": ipam}
         env = dict(os.environ, CNI_COMMAND="DEL" if release else "ADD", CNI_CONTAINERID=f"cni-{ns}",
                    CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
-        return timed(in_host([f"{CNI_PATH}/macvlan"]), json.dumps(conf).encode(), env)
+        return timed([f"{CNI_PATH}/macvlan"], json.dumps(conf).encode(), env)
 
 
 TOOLS = ["netattach-hook", "netattach-cli", "netavark", "cni"]
+# netavark takes only static_ips (podman allocates addresses before calling
+# it), so it has no pooled variant of its own.
+POOLED_TOOLS = ["netattach-hook", "netattach-cli", "cni"]
 # The CNI macvlan plugin waits for IPv6 addresses to settle (about 10 s here),
 # so dual stack through CNI is measured on a few runs only.
 CNI_DUAL_RUNS = 5
@@ -170,26 +199,27 @@ def summary(samples):
     return {"median": statistics.median(s), "p90": pick(0.90), "p99": pick(0.99), "min": s[0], "max": s[-1], "n": len(s)}
 
 
-def run_variant(work, binary, dual, runs, batch, cni_dual_runs=CNI_DUAL_RUNS):
-    tools = Tools(work, binary, dual)
+def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_RUNS):
+    tools = Tools(work, binary, dual, pooled)
     fns = {"netattach-hook": tools.netattach_hook, "netattach-cli": tools.netattach_cli,
            "netavark": tools.netavark, "cni": tools.cni}
-    attach = {t: [] for t in TOOLS}
-    release = {t: [] for t in TOOLS}
+    names = POOLED_TOOLS if pooled else TOOLS
+    attach = {t: [] for t in names}
+    release = {t: [] for t in names}
     for start in range(0, runs, batch):
         rounds = range(start, min(runs, start + batch))
-        spaces = {(i, t): f"{PREFIX}-{i}-{k}" for i in rounds for k, t in enumerate(TOOLS)}
+        spaces = {(i, t): f"{PREFIX}-{i}-{k}" for i in rounds for k, t in enumerate(names)}
         for ns in spaces.values():
             sh("ip", "netns", "add", ns)
         for i in rounds:
-            for t in TOOLS:
+            for t in names:
                 if t == "cni" and dual and i >= cni_dual_runs:
                     continue
                 ns = spaces[(i, t)]
                 attach[t].append(fns[t](i, ns))
                 if i == 0:
                     v4, v6 = tools.addresses(i)
-                    verify(ns, t, f"{v4}/24")
+                    verify(ns, t, f"{v4}/24" if v4 else "inet 192.168.32.")
                     if v6:
                         verify(ns, t, f"{v6}/64")
                 release[t].append(fns[t](i, ns, release=True))
@@ -200,14 +230,85 @@ def run_variant(work, binary, dual, runs, batch, cni_dual_runs=CNI_DUAL_RUNS):
             "release": {t: summary(v) for t, v in release.items()}}
 
 
-def table(title, results):
-    base = results["netattach-hook"]["median"]
-    lines = [f"### {title}", "", "| tool | runs | median ms | p90 | p99 | min | max | median vs netattach-hook |",
+def table(title, results, base_tool="netattach-hook"):
+    """Markdown table; the last column is each tool's median over the base's."""
+    base = results[base_tool]["median"]
+    lines = [f"### {title}", "", f"| tool | runs | median ms | p90 | p99 | min | max | median vs {base_tool} |",
              "|---|---|---|---|---|---|---|---|"]
-    for t in TOOLS:
-        r = results[t]
+    for t, r in results.items():
         lines.append(f"| {t} | {r['n']} | {r['median']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['median'] / base:.2f}x |")
     return "\n".join(lines)
+
+
+def run_containers(work, binary, runs):
+    """Start of a busybox `true` container under runc: a bundle without hooks
+    against the same bundle with netattach's createRuntime/poststop hooks and
+    the annotation (pooled address on `lan`). runc creates the container's
+    netns itself, as without netattach."""
+    env = [f"NETATTACH_CONFIG_DIR={work}/na-config", f"NETATTACH_STATE_DIR={work}/na-state"]
+    sh(binary, "network", "create", "-d", "macvlan", "--subnet", "192.168.32.0/24", "--gateway", "192.168.32.254",
+       "-o", "parent=lan0", "lan", env=dict(os.environ, **dict(e.split("=", 1) for e in env)))
+    rootfs = f"{work}/rootfs"
+    sh(f"{REPO}/scripts/make-rootfs.sh", rootfs)
+    bundles = {}
+    for name in ("runc", "runc+netattach-hook"):
+        bundle = f"{work}/bundle-{name}"
+        os.makedirs(bundle)
+        sh("runc", "spec", "--bundle", bundle)
+        with open(f"{bundle}/config.json") as f:
+            config = json.load(f)
+        config["root"] = {"path": rootfs, "readonly": True}
+        config["process"]["args"] = ["/bin/true"]
+        config["process"]["terminal"] = False
+        if name != "runc":
+            hook = lambda verb: {"path": binary, "args": ["netattach", "hook", verb], "env": env}
+            config["hooks"] = {"createRuntime": [hook("attach")], "poststop": [hook("release")]}
+            config["annotations"] = {"netattach/networks": "lan"}
+        with open(f"{bundle}/config.json", "w") as f:
+            json.dump(config, f)
+        bundles[name] = bundle
+    samples = {name: [] for name in bundles}
+    runc = ["runc", "--root", f"{work}/runc-state"]
+    # No pipes to runc: the container's process inherits them and would keep
+    # them open; errors go to a file instead.
+    errors = open(f"{work}/runc-errors.log", "w")
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, check=True)
+    for i in range(runs):
+        for name, bundle in bundles.items():
+            cid = f"{PREFIX}-ctr-{i}"
+            # Start latency: `runc create` (namespaces, createRuntime hooks) plus
+            # `runc start`, until the container's process runs.
+            start = time.perf_counter_ns()
+            subprocess.run([*runc, "create", "--bundle", bundle, cid], **quiet)
+            subprocess.run([*runc, "start", cid], **quiet)
+            samples[name].append((time.perf_counter_ns() - start) / 1e6)
+            # Not timed: the container ends, poststop releases its lease.
+            subprocess.run([*runc, "delete", "--force", cid], **quiet)
+            # The kernel tears the container's netns down asynchronously,
+            # holding locks a new netns needs: let it finish before the next.
+            time.sleep(0.2)
+    # Every hooked container got a lease and gave it back.
+    leases = subprocess.run([binary, "lease", "ls", "--json"], capture_output=True, text=True,
+                            env=dict(os.environ, **dict(e.split("=", 1) for e in env)), check=True).stdout
+    if json.loads(leases):
+        sys.exit(f"leases left after the runc runs: {leases}")
+    return {name: summary(v) for name, v in samples.items()}
+
+
+def run_nri(runs):
+    """RunPodSandbox / RemovePodSandbox from the test runtime side: the
+    #[ignore]d benchmark test in tests/nri.rs prints BENCH-JSON lines."""
+    env = dict(os.environ, NETATTACH_BENCH_RUNS=str(runs))
+    out = subprocess.run(["cargo", "test", "--release", "--quiet", "--test", "nri", "--", "--ignored", "--exact",
+                          "run_pod_sandbox_latency", "--nocapture"], cwd=REPO, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"NRI benchmark failed:\n{out.stdout}\n{out.stderr}")
+    results = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            r = json.loads(line.split(" ", 1)[1])
+            results[f"{r['rpc']} ({r['case']})"] = summary(r["samples_ms"])
+    return results
 
 
 def main():
@@ -216,29 +317,47 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="a few runs, to check the benchmark works")
     ap.add_argument("--binary", help="netattach binary (default: build the static release binary)")
     ap.add_argument("--json", default=os.path.join(REPO, "bench/results/attach.json"))
+    ap.add_argument("--skip-nri", action="store_true", help="leave out the NRI round trips (they build tests/nri.rs)")
     args = ap.parse_args()
     runs = 3 if args.smoke else args.runs
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark creates network namespaces")
-    for path in (NETAVARK, f"{CNI_PATH}/macvlan"):
+    for path in (NETAVARK, f"{CNI_PATH}/macvlan", f"{CNI_PATH}/host-local", shutil.which("runc") or "runc"):
         if not os.path.exists(path):
             sys.exit(f"{path} missing: run scripts/install-deps.sh")
     binary = args.binary or subprocess.run([f"{REPO}/scripts/build.sh"], check=True, capture_output=True, text=True).stdout.strip()
+    binary = os.path.abspath(binary)
     work = tempfile.mkdtemp(prefix="nabench-")
-    report = {"runs": runs, "binary": binary, "kernel": os.uname().release, "variants": {}}
+    report = {"date": time.strftime("%Y-%m-%d"), "runs": runs, "binary": binary, "kernel": os.uname().release,
+              "cpus": os.cpu_count(), "variants": {}}
     try:
         fake_lan()
-        for name, dual in (("ipv4", False), ("dual-stack", True)):
-            shutil.rmtree(f"{work}/{name}", ignore_errors=True)
+        enter_host_ns()
+        for name, dual, pooled in (("ipv4", False, False), ("dual-stack", True, False), ("pooled-ipv4", False, True)):
             os.makedirs(f"{work}/{name}")
             report["variants"][name] = run_variant(
-                f"{work}/{name}", binary, dual, runs, batch=25, cni_dual_runs=1 if args.smoke else CNI_DUAL_RUNS)
+                f"{work}/{name}", binary, dual, pooled, runs, batch=25,
+                cni_dual_runs=1 if args.smoke else CNI_DUAL_RUNS)
+        os.makedirs(f"{work}/containers")
+        report["container"] = run_containers(f"{work}/containers", binary, runs)
     finally:
         cleanup(work)
+    if not args.skip_nri:
+        report["nri"] = run_nri(runs)
+    names = {"ipv4": "static IPv4", "dual-stack": "static dual stack", "pooled-ipv4": "pooled IPv4 (CNI: host-local)"}
     for name, v in report["variants"].items():
-        print(table(f"attach, one macvlan, {name} ({runs} runs)", v["attach"]))
+        print(table(f"attach, one macvlan, {names[name]} ({runs} runs)", v["attach"]))
         print()
-        print(table(f"release / teardown, {name}", v["release"]))
+        print(table(f"release / teardown, {names[name]}", v["release"]))
+        print()
+    c = report["container"]
+    print(table(f"container start: runc create + start of busybox true ({runs} runs)", c, base_tool="runc"))
+    added = c["runc+netattach-hook"]["median"] - c["runc"]["median"]
+    report["container_start_added_ms"] = added
+    print(f"\nadded to the container start by the hook, medians: {added:.2f} ms\n")
+    if "nri" in report:
+        print(table(f"NRI round trips from the runtime side ({runs} pods)", report["nri"],
+                    base_tool="RunPodSandbox (no-network)"))
         print()
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:

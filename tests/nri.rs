@@ -729,35 +729,30 @@ fn answer_register(s: &mut UnixStream) {
     }
 }
 
-/// RunPodSandbox latency as the runtime sees it, over 200 pods (with and
-/// without networks). `cargo test --release --test nri -- --ignored --nocapture`.
+/// RunPodSandbox and RemovePodSandbox latency as the runtime sees it (with and
+/// without networks), for bench/attach.py, which runs it as
+/// `cargo test --release --test nri -- --ignored --exact run_pod_sandbox_latency --nocapture`
+/// and reads the `BENCH-JSON` lines (samples in ms). NETATTACH_BENCH_RUNS sets
+/// the number of pods per case (default 200).
 #[test]
-#[ignore]
+#[ignore = "a benchmark: bench/attach.py runs it"]
 fn run_pod_sandbox_latency() {
     if common::skip_unless_root() {
         return;
     }
+    let runs: usize = std::env::var("NETATTACH_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let lan = lan_with_network();
     let sock = lan.dir.path().join("nri.sock");
     let listener = listen(&sock);
     let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
     let rt = accept(&listener, &Options::default());
-    let report = |what: &str, mut samples: Vec<Duration>| {
-        samples.sort();
-        let pct = |p: f64| {
-            samples[((samples.len() as f64 * p).ceil() as usize - 1).min(samples.len() - 1)]
-        };
-        println!(
-            "RunPodSandbox {what}: n={} median={:.2} ms p99={:.2} ms max={:.2} ms",
-            samples.len(),
-            pct(0.50).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            samples.last().unwrap().as_secs_f64() * 1e3
-        );
-    };
-    for (what, annotation) in [("without networks", None), ("attaching lan", Some("lan"))] {
-        let mut samples = Vec::new();
-        for i in 0..200 {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (case, annotation) in [("no-network", None), ("lan", Some("lan"))] {
+        let (mut run, mut remove) = (Vec::new(), Vec::new());
+        for i in 0..runs {
             let ns = lan.container_ns(&format!("l{i}"));
             let mut pod = Pod::new(&format!("lat{i:04}"), ns.path_str());
             if let Some(a) = annotation {
@@ -765,9 +760,14 @@ fn run_pod_sandbox_latency() {
             }
             let t = Instant::now();
             rt.run_pod(&pod).unwrap();
-            samples.push(t.elapsed());
+            run.push(ms(t.elapsed()));
+            let t = Instant::now();
             rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+            remove.push(ms(t.elapsed()));
         }
-        report(what, samples);
+        for (rpc, samples) in [("RunPodSandbox", run), ("RemovePodSandbox", remove)] {
+            let line = serde_json::json!({ "rpc": rpc, "case": case, "samples_ms": samples });
+            println!("BENCH-JSON {line}");
+        }
     }
 }
