@@ -19,6 +19,8 @@ runtime side (tests/nri.rs `run_pod_sandbox_latency`, run through cargo).
 
 Every measured attach goes into a fresh network namespace, created before the
 timer starts; tools are interleaved run by run so drift hits them alike. The
+order of the tools rotates from round to round (whoever runs right after a
+release pays for the kernel's deferred teardown work). The
 namespaces are deleted in batches between rounds (a netns deletion makes the
 kernel hold the rtnl lock for a while; deleting between measurements would
 charge that to whichever tool runs next). A run's time is the wall time of the
@@ -212,7 +214,10 @@ def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_
         for ns in spaces.values():
             sh("ip", "netns", "add", ns)
         for i in rounds:
-            for t in names:
+            # Each round starts with a different tool: a release leaves work
+            # the kernel finishes in the background (RCU, deferred netdev
+            # teardown) that would otherwise always land on the same tool.
+            for t in names[i % len(names):] + names[:i % len(names)]:
                 if t == "cni" and dual and i >= cni_dual_runs:
                     continue
                 ns = spaces[(i, t)]
@@ -274,7 +279,7 @@ def run_containers(work, binary, runs):
     errors = open(f"{work}/runc-errors.log", "w")
     quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, check=True)
     for i in range(runs):
-        for name, bundle in bundles.items():
+        for name, bundle in sorted(bundles.items(), reverse=i % 2 == 1):  # alternate who goes first
             cid = f"{PREFIX}-ctr-{i}"
             # Start latency: `runc create` (namespaces, createRuntime hooks) plus
             # `runc start`, until the container's process runs.

@@ -58,6 +58,7 @@ pub fn attach(
     let mut todo_requests = Vec::new();
     let mut todo_networks = Vec::new();
     let previous = store.attachments_of(owner)?;
+    crate::timing::mark("netlink sockets open, earlier attachments read");
     if previous
         .iter()
         .any(|a| requests.iter().any(|r| r.name == a.network))
@@ -97,9 +98,11 @@ pub fn attach(
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
     let plans = plan::build(&todo_requests, &todo_networks, &names)?;
     check_parent_sharing(networks, store, &plans)?;
+    crate::timing::mark("planned");
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
     let identity = target.identity(inside.netns_cookie()?)?;
     let leases = store.reserve(owner, &identity, &claims)?;
+    crate::timing::mark("leases committed");
 
     let mut created = Vec::new();
     let result = apply(
@@ -222,8 +225,10 @@ fn apply(
     let mut attached = Vec::with_capacity(plans.len());
     for (plan, leases) in plans.iter().zip(leases) {
         let index = create_link(host, inside, store, target, plan)?;
+        crate::timing::mark("link created");
         created.push(index);
         configure_link(inside, target, plan, index, leases)?;
+        crate::timing::mark("link renamed, sysctls, addresses, up");
         let mac = inside.link_by_index(index)?.and_then(|l| l.mac);
         attached.push(AttachedLink {
             network: plan.network.name.clone(),
@@ -233,6 +238,7 @@ fn apply(
             existing: false,
         });
     }
+    crate::timing::mark("links done");
     // Routes after every link is up: a gateway is only reachable through an up link.
     for (plan, &index) in plans.iter().zip(created.iter()) {
         for route in &plan.default_routes {
@@ -243,6 +249,7 @@ fn apply(
             }
         }
     }
+    crate::timing::mark("default routes");
     Ok(attached)
 }
 

@@ -19,4 +19,5 @@ pub mod netns;
 pub mod nri;
 pub mod plan;
 pub mod request;
+pub mod timing;
 pub mod vlan;

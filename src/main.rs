@@ -45,7 +45,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    netattach::timing::mark("main");
     let cli = Cli::parse();
+    netattach::timing::mark("arguments parsed");
     let ctx = cli::Context {
         config_dir: cli.config_dir,
         state_dir: cli.state_dir,
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
         Command::Nri(args) => cli::nri::run(&ctx, args),
     };
+    netattach::timing::mark("done");
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

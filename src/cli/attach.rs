@@ -51,6 +51,7 @@ pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
         .map_err(|e| anyhow!("open network namespace {}: {e}", args.netns.display()))?;
     let owner = args.id.unwrap_or_else(|| args.netns.display().to_string());
     let store = ctx.store()?;
+    crate::timing::mark("lease store open");
     let links = engine::attach(&ctx.networks(), &store, &owner, &netns, &requests)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&links)?);

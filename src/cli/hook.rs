@@ -26,6 +26,7 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
         HookVerb::Release => Verb::Release,
     });
     let input = read_input(verb, std::io::stdin().lock())?;
+    crate::timing::mark("container state read");
     let Some(value) = input.request else {
         return Ok(()); // no annotation: not ours
     };
@@ -36,6 +37,7 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
             let netns = Netns::open(&path)
                 .map_err(|e| anyhow::anyhow!("open network namespace {}: {e}", path.display()))?;
             let store = ctx.store()?;
+            crate::timing::mark("lease store open");
             engine::attach(
                 &ctx.networks(),
                 &store,
