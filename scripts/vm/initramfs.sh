@@ -84,7 +84,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp is already on the tmpfs root, and may hold the test binaries (a
+# checkout under /tmp keeps its host path here): no mount over it.
+chmod 1777 /tmp
 mkdir -p /run/netns
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /var && ln -s /run /var/run
