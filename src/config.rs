@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// Default directory of network definitions.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/netattach/networks.d";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     Macvlan,
@@ -23,7 +23,7 @@ pub enum Driver {
 }
 
 /// Link mode. macvlan uses bridge/vepa/private/passthru/source, ipvlan l2/l3/l3s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Bridge,
@@ -55,12 +55,179 @@ pub enum IpamMode {
     Static,
 }
 
+/// A subnet's gateway as written: an address, or `"none"` for a LAN without a
+/// router. Absent from a definition it means the subnet's first usable address
+/// (see [`Subnet::gateway`]), as Docker assumes: on real LANs that is usually
+/// the router, and no container may take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    Address(IpAddr),
+    None,
+}
+
+impl Serialize for Gateway {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Gateway::Address(a) => s.collect_str(a),
+            Gateway::None => s.serialize_str("none"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Gateway {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e: String| serde::de::Error::custom(e))
+    }
+}
+
+impl std::str::FromStr for Gateway {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(Gateway::None);
+        }
+        s.parse()
+            .map(Gateway::Address)
+            .map_err(|_| format!("{s:?} is neither an IP address nor \"none\""))
+    }
+}
+
+/// What requests (annotations, `attach`) may ask of a network; the
+/// administrator's policy, since a pod author is not trusted (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestPolicy {
+    /// Where requested addresses may lie.
+    #[serde(default, skip_serializing_if = "RequestedIps::is_any")]
+    pub ips: RequestedIps,
+    /// Whether a request may name the MAC address.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub mac: bool,
+    /// At most this many requested addresses per network in one request.
+    #[serde(
+        default = "default_max_ips",
+        skip_serializing_if = "is_default_max_ips"
+    )]
+    pub max_ips: usize,
+}
+
+/// Default cap on the addresses one request names for one network.
+pub const DEFAULT_MAX_REQUESTED_IPS: usize = 16;
+/// The highest cap an administrator may set (each address is a store write).
+pub const LIMIT_MAX_REQUESTED_IPS: usize = 256;
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn default_max_ips() -> usize {
+    DEFAULT_MAX_REQUESTED_IPS
+}
+
+fn is_default_max_ips(n: &usize) -> bool {
+    *n == DEFAULT_MAX_REQUESTED_IPS
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        RequestPolicy {
+            ips: RequestedIps::Any,
+            mac: true,
+            max_ips: DEFAULT_MAX_REQUESTED_IPS,
+        }
+    }
+}
+
+impl RequestPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == RequestPolicy::default()
+    }
+}
+
+/// Where requested addresses may lie: `"any"` address of the subnets (Docker's
+/// behaviour, the default), only inside the subnets' `"ip_range"`, `"none"`
+/// (pooled addresses only), or a list of CIDR ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "RequestedIpsRepr", into = "RequestedIpsRepr")]
+pub enum RequestedIps {
+    #[default]
+    Any,
+    IpRange,
+    None,
+    Ranges(Vec<IpNet>),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RequestedIpsRepr {
+    Word(String),
+    Ranges(Vec<IpNet>),
+}
+
+impl TryFrom<RequestedIpsRepr> for RequestedIps {
+    type Error = String;
+
+    fn try_from(r: RequestedIpsRepr) -> Result<Self, String> {
+        match r {
+            RequestedIpsRepr::Ranges(v) => Ok(RequestedIps::Ranges(v)),
+            RequestedIpsRepr::Word(w) => w.parse(),
+        }
+    }
+}
+
+impl From<RequestedIps> for RequestedIpsRepr {
+    fn from(r: RequestedIps) -> Self {
+        match r {
+            RequestedIps::Any => RequestedIpsRepr::Word("any".into()),
+            RequestedIps::IpRange => RequestedIpsRepr::Word("ip_range".into()),
+            RequestedIps::None => RequestedIpsRepr::Word("none".into()),
+            RequestedIps::Ranges(v) => RequestedIpsRepr::Ranges(v),
+        }
+    }
+}
+
+/// `any`, `ip_range`, `none`, or comma-separated CIDR ranges.
+impl std::str::FromStr for RequestedIps {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(RequestedIps::Any),
+            "ip_range" | "ip-range" => Ok(RequestedIps::IpRange),
+            "none" => Ok(RequestedIps::None),
+            _ => s
+                .split(',')
+                .map(|r| {
+                    r.trim().parse::<IpNet>().map_err(|_| {
+                        format!("{r:?} is not a CIDR range (expected any, ip_range, none or CIDR[,CIDR...])")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(RequestedIps::Ranges),
+        }
+    }
+}
+
+impl RequestedIps {
+    fn is_any(&self) -> bool {
+        *self == RequestedIps::Any
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subnet {
     pub subnet: IpNet,
+    /// Absent: the first usable address (see [`Subnet::gateway`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<IpAddr>,
+    pub gateway: Option<Gateway>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range: Option<IpNet>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -85,6 +252,9 @@ pub struct Network {
     pub internal: bool,
     #[serde(default)]
     pub ipam: IpamMode,
+    /// What requests may ask for (addresses, MAC, how many).
+    #[serde(default, skip_serializing_if = "RequestPolicy::is_default")]
+    pub requests: RequestPolicy,
 }
 
 /// A definition that cannot be used, with the field at fault.
@@ -175,6 +345,16 @@ impl Network {
         self.flag.unwrap_or(IpvlanFlag::Bridge)
     }
 
+    /// The layer-2 segment the network's links appear on: its parent, with a
+    /// dotted VLAN parent written canonically (`eth0.050` is `eth0.50`). All
+    /// networks on one segment share one address space and one MAC space.
+    pub fn segment(&self) -> String {
+        match parse_vlan_parent(&self.parent) {
+            Ok(Some(v)) => format!("{}.{}", v.base, v.vid),
+            _ => self.parent.clone(),
+        }
+    }
+
     /// Checks every rule of SPEC §2 that can be checked without the host.
     pub fn validate(&self) -> Result<(), InvalidNetwork> {
         if !valid_network_name(&self.name) {
@@ -240,6 +420,7 @@ impl Network {
                 "ipam pool needs at least one subnet (or set ipam to static)",
             ));
         }
+        self.validate_request_policy()?;
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate(&format!("subnets[{i}]"))?;
             for (j, other) in self.subnets.iter().enumerate().skip(i + 1) {
@@ -254,6 +435,71 @@ impl Network {
             }
         }
         Ok(())
+    }
+
+    fn validate_request_policy(&self) -> Result<(), InvalidNetwork> {
+        let p = &self.requests;
+        if !(1..=LIMIT_MAX_REQUESTED_IPS).contains(&p.max_ips) {
+            return Err(invalid(
+                "requests.max_ips",
+                format!(
+                    "{} is outside 1-{LIMIT_MAX_REQUESTED_IPS} (use requests.ips \"none\" to allow no requested address)",
+                    p.max_ips
+                ),
+            ));
+        }
+        match &p.ips {
+            RequestedIps::IpRange if !self.subnets.iter().any(|s| s.ip_range.is_some()) => {
+                Err(invalid(
+                    "requests.ips",
+                    "ip_range allows addresses inside the subnets' ip_range, but no subnet has one",
+                ))
+            }
+            RequestedIps::Ranges(ranges) if ranges.is_empty() => Err(invalid(
+                "requests.ips",
+                "an empty list allows nothing: write \"none\"",
+            )),
+            RequestedIps::Ranges(ranges) => {
+                for r in ranges {
+                    if *r != r.trunc() {
+                        return Err(invalid("requests.ips", format!("{r} has host bits set")));
+                    }
+                    if !self.subnets.iter().any(|s| s.subnet.contains(r)) {
+                        return Err(invalid(
+                            "requests.ips",
+                            format!("{r} is not inside a subnet of the network"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the policy lets a request name `addr` (already known to lie in
+    /// a subnet of this network); `Err` says what is allowed instead.
+    pub fn may_request(&self, addr: IpAddr) -> Result<(), String> {
+        let allowed = match &self.requests.ips {
+            RequestedIps::Any => return Ok(()),
+            RequestedIps::None => {
+                return Err("requests may not name addresses on it (request_ips=none); leave \"ips\" out to get a pooled one".into())
+            }
+            RequestedIps::IpRange => self
+                .subnets
+                .iter()
+                .filter_map(|s| s.ip_range)
+                .collect::<Vec<_>>(),
+            RequestedIps::Ranges(r) => r.clone(),
+        };
+        if allowed.iter().any(|r| r.contains(&addr)) {
+            return Ok(());
+        }
+        let list: Vec<String> = allowed.iter().map(|r| r.to_string()).collect();
+        Err(format!(
+            "requested addresses must lie in {} (request_ips policy)",
+            list.join(", ")
+        ))
     }
 
     /// The subnet of this network that holds `addr`.
@@ -280,7 +526,7 @@ impl Subnet {
                 format!("{net} has no room for hosts"),
             ));
         }
-        if let Some(gw) = self.gateway {
+        if let Some(Gateway::Address(gw)) = self.gateway {
             self.check_host(&format!("{at}.gateway"), gw)?;
         }
         if let Some(range) = self.ip_range {
@@ -323,6 +569,29 @@ impl Subnet {
         Ok(())
     }
 
+    /// The gateway in effect: the one written, none for `"none"`, else the
+    /// subnet's first usable address.
+    pub fn gateway(&self) -> Option<IpAddr> {
+        match self.gateway {
+            Some(Gateway::Address(a)) => Some(a),
+            Some(Gateway::None) => None,
+            None => first_usable(self.subnet),
+        }
+    }
+
+    /// Addresses of this subnet that no host may take: the gateway and the
+    /// aux addresses, each with what it is.
+    pub fn reserved_addresses(&self) -> impl Iterator<Item = (IpAddr, String)> + '_ {
+        let gateway = self
+            .gateway()
+            .map(|g| (g, format!("the gateway of {}", self.subnet)));
+        gateway.into_iter().chain(
+            self.aux_addresses
+                .iter()
+                .map(|(name, a)| (*a, format!("the aux address {name:?}"))),
+        )
+    }
+
     /// Why an address of this subnet can never be given to a host, if it cannot.
     pub fn reserved_reason(&self, addr: IpAddr) -> Option<&'static str> {
         if addr == self.subnet.network() {
@@ -339,14 +608,16 @@ impl Subnet {
         if let Some(why) = self.reserved_reason(addr) {
             return Some(format!("{why} of {}", self.subnet));
         }
-        if self.gateway == Some(addr) {
-            return Some(format!("the gateway of {}", self.subnet));
-        }
-        if let Some((name, _)) = self.aux_addresses.iter().find(|(_, a)| **a == addr) {
-            return Some(format!("the aux address {name:?}"));
-        }
-        None
+        self.reserved_addresses()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, why)| why)
     }
+}
+
+/// The first address after the network address, if the subnet has room for it.
+pub fn first_usable(subnet: IpNet) -> Option<IpAddr> {
+    let (lo, _) = crate::ipam::pool::usable_bounds(subnet, subnet)?;
+    crate::ipam::pool::u128_to_addr(lo, subnet.addr().is_ipv6())
 }
 
 impl fmt::Display for Driver {
@@ -569,6 +840,7 @@ mod tests {
             subnets: vec![v4, subnet("2001:db8:32::/64", Some("2001:db8:32::1"), None)],
             internal: false,
             ipam: IpamMode::Pool,
+            requests: Default::default(),
         }
     }
 
@@ -583,6 +855,7 @@ mod tests {
             subnets: vec![subnet("10.1.0.0/16", None, None)],
             internal: true,
             ipam: IpamMode::Pool,
+            requests: Default::default(),
         }
     }
 
@@ -1108,5 +1381,81 @@ mod tests {
             assert!(matches!(r, Err(ConfigError::Exists(_))), "{r:?}");
         }
         assert_eq!(fs::read_dir(&tmp.0).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn gateway_defaults_to_the_first_usable_address_unless_none() {
+        let n: Network = serde_json::from_str(
+            r#"{"name":"g","driver":"macvlan","parent":"eth0","subnets":[
+                {"subnet":"10.211.0.0/24"},
+                {"subnet":"10.212.0.0/24","gateway":"none"},
+                {"subnet":"2001:db8:5::/64"}]}"#,
+        )
+        .unwrap();
+        n.validate().unwrap();
+        let gws: Vec<Option<IpAddr>> = n.subnets.iter().map(Subnet::gateway).collect();
+        assert_eq!(
+            gws,
+            vec![
+                Some("10.211.0.1".parse().unwrap()),
+                None,
+                Some("2001:db8:5::1".parse().unwrap())
+            ]
+        );
+        assert!(n.subnets[0]
+            .unavailable_reason("10.211.0.1".parse().unwrap())
+            .unwrap()
+            .contains("gateway"));
+        let text = serde_json::to_string(&n).unwrap();
+        assert!(text.contains(r#""gateway":"none""#), "{text}");
+        let e = serde_json::from_str::<Subnet>(r#"{"subnet":"10.0.0.0/24","gateway":"nope"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("neither an IP address nor"), "{e}");
+    }
+
+    #[test]
+    fn request_policy_round_trips_and_is_checked() {
+        let mut n = lan();
+        assert!(n.requests.is_default());
+        assert!(!serde_json::to_string(&n).unwrap().contains("requests"));
+        n.requests =
+            serde_json::from_str(r#"{"ips":["192.168.32.64/27"],"mac":false,"max_ips":4}"#)
+                .unwrap();
+        n.validate().unwrap();
+        let text = serde_json::to_string(&n).unwrap();
+        assert!(
+            text.contains(r#""requests":{"ips":["192.168.32.64/27"],"mac":false,"max_ips":4}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), n);
+        for (policy, words) in [
+            (r#"{"ips":["10.9.0.0/24"]}"#, "not inside a subnet"),
+            (r#"{"ips":["192.168.32.65/27"]}"#, "host bits"),
+            (r#"{"ips":[]}"#, "write \"none\""),
+            (r#"{"max_ips":0}"#, "outside 1-256"),
+        ] {
+            let mut m = lan();
+            m.requests = serde_json::from_str(policy).unwrap();
+            let field = if policy.contains("max_ips") {
+                "requests.max_ips"
+            } else {
+                "requests.ips"
+            };
+            refused(&m, field, &[words]);
+        }
+        let mut m = ipvlan();
+        m.requests.ips = RequestedIps::IpRange;
+        refused(&m, "requests.ips", &["no subnet has one"]);
+        assert!("bogus".parse::<RequestedIps>().is_err());
+        assert!(serde_json::from_str::<RequestPolicy>(r#"{"ips":"some"}"#).is_err());
+    }
+
+    #[test]
+    fn dotted_parents_name_one_segment() {
+        let mut n = lan();
+        n.parent = "eth0.050".into();
+        assert_eq!(n.segment(), "eth0.50");
+        n.parent = "eth0".into();
+        assert_eq!(n.segment(), "eth0");
     }
 }

@@ -2,6 +2,8 @@
 //! addresses, create each link directly inside the netns, configure it, add the
 //! default route; on any failure undo everything this attach did.
 
+use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,12 +11,13 @@ use netlink_packet_route::link::{IpVlanFlags, IpVlanMode, MacVlanMode};
 use serde::Serialize;
 
 use crate::config::{Driver, IpvlanFlag, Mode, Network, NetworkDir};
-use crate::ipam::{Lease, LeaseStore};
+use crate::ipam::{Attachment, Lease, LeaseStore, Reservation};
+use crate::liveness::{parse_identity, Found, Namespaces};
 use crate::netlink::link::{Link, LinkKind, NewLink};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Netns};
 use crate::plan::{self, LinkPlan};
-use crate::request::NetworkRequest;
+use crate::request::{MacAddr, NetworkRequest};
 use crate::vlan;
 
 /// One interface as it ended up in the container.
@@ -42,9 +45,15 @@ pub fn attach(
             target.path().display()
         );
     }
+    // Every definition: the networks sharing a requested one's segment reserve
+    // their gateways and aux addresses there too.
+    let all = networks.list()?;
     let definitions = requests
         .iter()
-        .map(|r| networks.load(&r.name))
+        .map(|r| match all.iter().find(|n| n.name == r.name) {
+            Some(n) => Ok(n.clone()),
+            None => networks.load(&r.name),
+        })
         .collect::<Result<Vec<Network>, _>>()?;
     let mut host = Netlink::open()?;
     let mut inside = target
@@ -96,12 +105,19 @@ pub fn attach(
     }
 
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
-    let plans = plan::build(&todo_requests, &todo_networks, &names)?;
-    check_parent_sharing(networks, store, &plans)?;
+    let scope = plan::Scope {
+        peers: &all,
+        existing_ifnames: &names,
+        trusted: false,
+    };
+    let plans = plan::build(&todo_requests, &todo_networks, scope)?;
     crate::timing::mark("planned");
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
     let identity = target.identity(inside.netns_cookie()?)?;
-    let leases = store.reserve(owner, &identity, &claims)?;
+    // The parent-sharing rules, addresses and MACs are settled in one
+    // transaction; an owner in the way is first checked for being alive.
+    let mut namespaces = Namespaces::new();
+    let reservation = store.reserve(owner, &identity, &claims, &mut |a| namespaces.is_alive(a))?;
     crate::timing::mark("leases committed");
 
     let mut created = Vec::new();
@@ -111,7 +127,7 @@ pub fn attach(
         store,
         target,
         &plans,
-        &leases,
+        &reservation,
         &mut created,
     );
     match result {
@@ -139,27 +155,99 @@ pub fn attach(
     }
 }
 
-/// Frees the owner's leases. The links die with the netns (deleting them one by
-/// one costs ~16 ms each in the kernel), so they are left alone.
-pub fn release(store: &dyn LeaseStore, owner: &str) -> Result<Vec<Lease>> {
-    Ok(store.release_owner(owner)?)
-}
-
-/// Frees the owner's leases and, when its netns is still there, removes the
-/// interfaces this owner got (a hand-made detach must not leave a live
-/// interface whose address the pool will hand out again).
-pub fn detach(store: &dyn LeaseStore, owner: &str, target: Option<&Netns>) -> Result<Vec<Lease>> {
-    if let Some(target) = target {
-        let mut inside = target.run(Netlink::open)??;
-        for a in store.attachments_of(owner)? {
-            if let Some(link) = inside.link_by_name(&a.ifname)? {
-                if matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan")) {
-                    inside.delete_link(link.index)?;
-                }
-            }
+/// Frees the owner's leases (SPEC §4). When the owner's netns still lives (a
+/// shared or bind-mounted netns, a pod's, a hand-made detach), its interfaces
+/// are removed first: an address is never free in the store while an
+/// interface holds it on the wire. If one cannot be removed, the leases of that
+/// network are kept and the error says why. When the netns is gone or going
+/// (the usual poststop) the links die with it and are not deleted one by one
+/// (the kernel takes ~16 ms per link). `hint` is a path that may open the
+/// owner's netns (checked by identity); without it `/proc` is searched.
+pub fn release(store: &dyn LeaseStore, owner: &str, hint: Option<&Path>) -> Result<Vec<Lease>> {
+    let attachments = store.attachments_of(owner)?;
+    let mut namespaces = Namespaces::new().with_hint(hint);
+    let mut kept = Vec::new();
+    let mut freeable = Vec::new();
+    for a in &attachments {
+        match remove_live_interface(&mut namespaces, a) {
+            Ok(()) => freeable.push(a.network.clone()),
+            Err(e) => kept.push(format!("network {} ({}): {e:#}", a.network, a.ifname)),
         }
     }
-    release(store, owner)
+    if kept.is_empty() {
+        return Ok(store.release_owner(owner)?);
+    }
+    store.release_networks(owner, &freeable)?;
+    bail!(
+        "kept the leases of {owner} whose interface is still up in a live network namespace: {}",
+        kept.join("; ")
+    )
+}
+
+/// Frees one address. If its owner's interface is still up in a live netns,
+/// that needs `force`, and then the interface is removed and every lease of
+/// that attachment freed; returns the freed leases.
+pub fn release_address(
+    store: &dyn LeaseStore,
+    network: &str,
+    address: IpAddr,
+    force: bool,
+) -> Result<Vec<Lease>> {
+    let Some(lease) = store.lease_of(network, address)? else {
+        bail!("no lease of {address} on network {network}");
+    };
+    let attachment = store
+        .attachments_of(&lease.owner)?
+        .into_iter()
+        .find(|a| a.network == network);
+    if let Some(a) = attachment.filter(|a| a.link.is_some()) {
+        let mut namespaces = Namespaces::new();
+        if !matches!(namespaces.find(&a.netns), Found::Gone) && parse_identity(&a.netns).is_some() {
+            if !force {
+                bail!(
+                    "{address} is on interface {} of {} (network {network}) in a live network namespace; \
+                     --force removes that interface and frees all of its addresses",
+                    a.ifname,
+                    a.owner
+                );
+            }
+            remove_live_interface(&mut namespaces, &a)?;
+            return Ok(store.release_networks(&a.owner, std::slice::from_ref(&a.network))?);
+        }
+    }
+    Ok(store
+        .release_address(network, address)?
+        .into_iter()
+        .collect())
+}
+
+/// Removes the attachment's interface if its netns still exists. `Err` when
+/// the netns lives but the interface could not be removed, or the netns
+/// cannot be told apart from a live one.
+fn remove_live_interface(namespaces: &mut Namespaces, a: &Attachment) -> Result<()> {
+    if a.link.is_none() || parse_identity(&a.netns).is_none() {
+        return Ok(()); // a reservation, or nothing recorded to find
+    }
+    let path = match namespaces.find(&a.netns) {
+        Found::Gone => return Ok(()),
+        Found::Alive(path) => path,
+        Found::Unknown => bail!("its network namespace exists but cannot be read"),
+    };
+    let ns = Netns::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let ifname = a.ifname.clone();
+    let mac = a.mac;
+    ns.run(move || -> Result<()> {
+        let mut inside = Netlink::open()?;
+        if let Some(link) = inside.link_by_name(&ifname)? {
+            // Only the link this attachment made: same kind and, when
+            // recorded, the same MAC.
+            let same_mac = mac.is_none_or(|m| link.mac == Some(m.0));
+            if is_ours(&link) && same_mac {
+                inside.delete_link(link.index)?;
+            }
+        }
+        Ok(())
+    })?
 }
 
 fn format_mac(m: [u8; 6]) -> String {
@@ -219,12 +307,13 @@ fn apply(
     store: &dyn LeaseStore,
     target: &Netns,
     plans: &[LinkPlan],
-    leases: &[Vec<Lease>],
+    reservation: &Reservation,
     created: &mut Vec<u32>,
 ) -> Result<Vec<AttachedLink>> {
     let mut attached = Vec::with_capacity(plans.len());
-    for (plan, leases) in plans.iter().zip(leases) {
-        let index = create_link(host, inside, store, target, plan)?;
+    let per_plan = reservation.leases.iter().zip(&reservation.macs);
+    for (plan, (leases, mac)) in plans.iter().zip(per_plan) {
+        let index = create_link(host, inside, store, target, plan, *mac)?;
         crate::timing::mark("link created");
         created.push(index);
         configure_link(inside, target, plan, index, leases)?;
@@ -253,65 +342,6 @@ fn apply(
     Ok(attached)
 }
 
-/// The kernel lets one parent carry either macvlan or ipvlan links, and one
-/// ipvlan mode (a new l3 slave silently switches the l2 ones of that parent);
-/// passthru wants the parent alone. Refuse before anything is created when
-/// another network on the same parent is in use in a way that clashes.
-fn check_parent_sharing(
-    networks: &NetworkDir,
-    store: &dyn LeaseStore,
-    plans: &[LinkPlan],
-) -> Result<()> {
-    let mut definitions = None;
-    for (i, plan) in plans.iter().enumerate() {
-        let net = &plan.network;
-        // Networks of this same attach share nothing yet but clash all the same.
-        for other in &plans[..i] {
-            if let Some(rule) = clash(net, &other.network) {
-                bail!(
-                    "networks {} and {} share parent {}: {rule}",
-                    other.network.name,
-                    net.name,
-                    net.parent
-                );
-            }
-        }
-        let all = match &mut definitions {
-            Some(all) => all,
-            None => definitions.insert(networks.list()?),
-        };
-        for other in all.iter().filter(|o| o.name != net.name) {
-            if let Some(rule) = clash(net, other) {
-                let users = store.attachment_count(&other.name)?;
-                if users > 0 {
-                    bail!(
-                        "network {}: parent {} carries {users} attachment(s) of network {} ({} {}); {rule}",
-                        net.name, net.parent, other.name, other.driver, other.mode()
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Why two networks cannot be in use on one parent at once, if they cannot.
-fn clash(a: &Network, b: &Network) -> Option<&'static str> {
-    if a.parent != b.parent {
-        return None;
-    }
-    if a.driver != b.driver {
-        return Some("a parent carries either macvlan or ipvlan links, not both");
-    }
-    if a.driver == Driver::Ipvlan && a.mode() != b.mode() {
-        return Some("all ipvlan links of a parent share one ipvlan mode");
-    }
-    if a.mode() == Mode::Passthru || b.mode() == Mode::Passthru {
-        return Some("passthru needs the parent to itself");
-    }
-    None
-}
-
 static TEMP_NAMES: AtomicU32 = AtomicU32::new(0);
 
 /// A name for the link between its creation and its rename, unique on this host.
@@ -328,6 +358,7 @@ fn create_link(
     store: &dyn LeaseStore,
     target: &Netns,
     plan: &LinkPlan,
+    mac: Option<MacAddr>,
 ) -> Result<u32> {
     let net = &plan.network;
     // Resolved here, per link, so a parent that vanished since an earlier link
@@ -355,7 +386,7 @@ fn create_link(
         name: &tmp,
         lower: parent.index,
         kind: link_kind(net),
-        mac: plan.mac.map(|m| m.0),
+        mac: mac.map(|m| m.0),
         mtu: net.mtu,
         netns_fd: Some(target.raw_fd()),
     };
@@ -397,6 +428,10 @@ fn configure_link(
         netns::set_interface_sysctl("ipv4", &ifname, "arp_notify", "1")?;
         if has_v6 || std::path::Path::new("/proc/sys/net/ipv6").exists() {
             netns::set_interface_sysctl("ipv6", &ifname, "ndisc_notify", "1")?;
+            // The LAN's router advertisements must not add addresses or
+            // default routes that the store does not know of.
+            netns::set_interface_sysctl("ipv6", &ifname, "accept_ra", "0")?;
+            netns::set_interface_sysctl("ipv6", &ifname, "autoconf", "0")?;
         }
         Ok(())
     })??;
@@ -471,41 +506,5 @@ mod tests {
         assert_eq!(temporary_name_pid("eth0"), None);
         assert_eq!(temporary_name_pid("nat"), None);
         assert_eq!(temporary_name_pid("na1ft"), None);
-    }
-
-    fn network(driver: Driver, mode: Mode, parent: &str) -> Network {
-        Network {
-            name: format!("{driver}-{mode}-{parent}"),
-            driver,
-            parent: parent.into(),
-            mode: Some(mode),
-            flag: None,
-            mtu: None,
-            subnets: Vec::new(),
-            internal: false,
-            ipam: crate::config::IpamMode::Static,
-        }
-    }
-
-    #[test]
-    fn parent_sharing_rules_follow_the_kernel() {
-        use Driver::*;
-        let mac = |m| network(Macvlan, m, "eth0");
-        let ipv = |m| network(Ipvlan, m, "eth0");
-        assert_eq!(clash(&mac(Mode::Bridge), &mac(Mode::Private)), None);
-        assert_eq!(clash(&ipv(Mode::L2), &ipv(Mode::L2)), None);
-        assert!(clash(&mac(Mode::Bridge), &ipv(Mode::L2))
-            .unwrap()
-            .contains("either macvlan or ipvlan"));
-        assert!(clash(&ipv(Mode::L2), &ipv(Mode::L3))
-            .unwrap()
-            .contains("one ipvlan mode"));
-        assert!(clash(&mac(Mode::Passthru), &mac(Mode::Bridge))
-            .unwrap()
-            .contains("passthru"));
-        assert_eq!(
-            clash(&mac(Mode::Bridge), &network(Ipvlan, Mode::L3, "eth1")),
-            None
-        );
     }
 }

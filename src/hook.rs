@@ -25,7 +25,9 @@ pub struct HookInput {
     pub container_id: String,
     /// The `netattach/networks` annotation; `None` when absent (nothing to do).
     pub request: Option<String>,
-    /// The container's network namespace (attach only).
+    /// The container's network namespace: for attach, where to attach; for
+    /// release, the configured path of a netns that may outlive the container
+    /// (a pod's, a bind mount), if the bundle names one.
     pub netns: Option<PathBuf>,
 }
 
@@ -65,6 +67,13 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
     };
     let netns = match (verb, &request) {
         (Verb::Attach, Some(_)) => Some(netns_path(&state, &mut spec)?),
+        (Verb::Release, Some(_)) => {
+            if spec.is_none() {
+                // The bundle may be gone by poststop: then there is no hint.
+                spec = load_spec(state.bundle()).ok().flatten();
+            }
+            configured_netns_path(spec.as_ref())
+        }
         _ => None,
     };
     Ok(HookInput {
@@ -73,6 +82,19 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
         request,
         netns,
     })
+}
+
+/// The bundle's network namespace entry, if it has one.
+fn network_namespace(spec: Option<&Spec>) -> Option<&oci_spec::runtime::LinuxNamespace> {
+    spec.and_then(|s| s.linux().as_ref())
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network))
+}
+
+/// The path the bundle gives its network namespace (one that exists apart
+/// from the container), if any.
+fn configured_netns_path(spec: Option<&Spec>) -> Option<PathBuf> {
+    network_namespace(spec).and_then(|ns| ns.path().clone())
 }
 
 fn annotation(annotations: Option<&HashMap<String, String>>) -> Option<String> {
@@ -102,13 +124,7 @@ fn netns_path(state: &State, spec: &mut Option<Spec>) -> Result<PathBuf> {
     if spec.is_none() {
         *spec = load_spec(state.bundle())?;
     }
-    let namespaces = spec
-        .as_ref()
-        .and_then(|s| s.linux().as_ref())
-        .and_then(|l| l.namespaces().as_ref());
-    let network =
-        namespaces.and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network));
-    match network {
+    match network_namespace(spec.as_ref()) {
         Some(ns) => match ns.path() {
             Some(path) => Ok(path.clone()),
             None => bail!(

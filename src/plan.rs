@@ -5,17 +5,19 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use crate::config::{Driver, IpamMode, Network};
-use crate::ipam::{pool, Claim, Want};
+use crate::config::{Driver, IpamMode, Mode, Network};
+use crate::ipam::{pool, Claim, MacWant, Want};
 use crate::netlink::route::Family;
-use crate::request::{MacAddr, NetworkRequest};
+use crate::request::NetworkRequest;
+use crate::sharing::LinkSpec;
 
 /// One link to create in the container's netns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkPlan {
     pub network: Network,
     pub ifname: String,
-    pub mac: Option<MacAddr>,
+    /// The MAC the store is to pick or check (unique per segment).
+    pub mac: MacWant,
     /// Addresses to lease: requested ones first, then one pooled per missing family.
     pub wants: Vec<Want>,
     /// Default routes this link should carry, each only if the netns has no
@@ -28,7 +30,10 @@ impl LinkPlan {
     pub fn claim(&self) -> Claim {
         Claim {
             network: self.network.name.clone(),
+            segment: self.network.segment(),
             ifname: self.ifname.clone(),
+            link: Some(LinkSpec::of(&self.network)),
+            mac: self.mac,
             wants: self.wants.clone(),
         }
     }
@@ -50,15 +55,28 @@ fn refuse(msg: impl Into<String>) -> PlanError {
     PlanError(msg.into())
 }
 
+/// What a plan is made in view of, besides the requested networks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// Every defined network: those on a requested network's segment reserve
+    /// their gateways and aux addresses there too.
+    pub peers: &'a [Network],
+    /// The interface names already present in the netns.
+    pub existing_ifnames: &'a [String],
+    /// An administrator's own reservation (`lease reserve`): the request
+    /// policy, which is about untrusted requests, does not apply.
+    pub trusted: bool,
+}
+
 /// Builds the plan. `networks` holds the definition of every requested network,
-/// in request order; `existing_ifnames` are the names already present in the netns.
+/// in request order.
 pub fn build(
     requests: &[NetworkRequest],
     networks: &[Network],
-    existing_ifnames: &[String],
+    scope: Scope<'_>,
 ) -> Result<Vec<LinkPlan>, PlanError> {
     debug_assert_eq!(requests.len(), networks.len());
-    let mut taken: HashSet<&str> = existing_ifnames.iter().map(String::as_str).collect();
+    let mut taken: HashSet<&str> = scope.existing_ifnames.iter().map(String::as_str).collect();
     for req in requests {
         if let Some(name) = &req.interface {
             if !taken.insert(name) {
@@ -95,7 +113,20 @@ pub fn build(
                 net.name
             )));
         }
-        let wants = wanted_addresses(req, net)?;
+        let mac = match req.mac {
+            Some(_) if !scope.trusted && !net.requests.mac => {
+                return Err(refuse(format!(
+                    "network {}: requests may not choose the MAC address (request_mac=false)",
+                    net.name
+                )))
+            }
+            Some(mac) => MacWant::Requested(mac),
+            // ipvlan and passthru links carry the parent's MAC.
+            None if net.driver == Driver::Ipvlan || net.mode() == Mode::Passthru => MacWant::None,
+            None => MacWant::Random,
+        };
+        let reserved = segment_reserved(net, scope.peers);
+        let wants = wanted_addresses(req, net, &reserved, scope.trusted)?;
         let default_routes = if default_network == Some(i) {
             default_routes(req, net)?
         } else {
@@ -104,7 +135,7 @@ pub fn build(
         plans.push(LinkPlan {
             network: net.clone(),
             ifname,
-            mac: req.mac,
+            mac,
             wants,
             default_routes,
         });
@@ -130,7 +161,7 @@ fn default_route_network(
     }
     Ok(networks
         .iter()
-        .position(|n| !n.internal && (is_l3(n) || n.subnets.iter().any(|s| s.gateway.is_some()))))
+        .position(|n| !n.internal && (is_l3(n) || n.subnets.iter().any(|s| s.gateway().is_some()))))
 }
 
 fn is_l3(net: &Network) -> bool {
@@ -143,7 +174,7 @@ fn is_l3(net: &Network) -> bool {
 
 /// Default routes of the chosen network: at most one per family.
 fn default_routes(req: &NetworkRequest, net: &Network) -> Result<Vec<DefaultRoute>, PlanError> {
-    let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway).collect();
+    let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway()).collect();
     let chosen: Vec<IpAddr> = match req.default_route.as_deref() {
         Some(list) if !list.is_empty() => {
             for gw in list {
@@ -197,9 +228,44 @@ fn default_routes(req: &NetworkRequest, net: &Network) -> Result<Vec<DefaultRout
     Ok(routes)
 }
 
-/// Requested addresses (checked against the definition), then a pooled address
-/// for each family of the network the request did not cover.
-fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, PlanError> {
+/// Gateways and aux addresses that other networks on `net`'s segment reserve
+/// inside `net`'s subnets, with what they are: one segment is one address
+/// space, so another network's router is this network's router too.
+fn segment_reserved(net: &Network, peers: &[Network]) -> Vec<(IpAddr, String)> {
+    let segment = net.segment();
+    let mut reserved = Vec::new();
+    for peer in peers {
+        if peer.name == net.name || peer.segment() != segment {
+            continue;
+        }
+        for s in &peer.subnets {
+            for (addr, why) in s.reserved_addresses() {
+                if net.subnet_of(addr).is_some() {
+                    reserved.push((addr, format!("{why} on network {}", peer.name)));
+                }
+            }
+        }
+    }
+    reserved
+}
+
+/// Requested addresses (checked against the definition, the segment and the
+/// request policy), then a pooled address for each family of the network the
+/// request did not cover.
+fn wanted_addresses(
+    req: &NetworkRequest,
+    net: &Network,
+    reserved: &[(IpAddr, String)],
+    trusted: bool,
+) -> Result<Vec<Want>, PlanError> {
+    if !trusted && req.ips.len() > net.requests.max_ips {
+        return Err(refuse(format!(
+            "network {}: the request names {} addresses; at most {} are allowed (request_max_ips)",
+            net.name,
+            req.ips.len(),
+            net.requests.max_ips
+        )));
+    }
     let mut wants = Vec::new();
     let mut families_covered = (false, false);
     for ip in &req.ips {
@@ -224,11 +290,25 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
                 )));
             }
         }
-        if let Some(why) = subnet.unavailable_reason(ip.addr) {
+        let why = subnet.unavailable_reason(ip.addr).or_else(|| {
+            reserved
+                .iter()
+                .find(|(a, _)| *a == ip.addr)
+                .map(|(_, why)| why.clone())
+        });
+        if let Some(why) = why {
             return Err(refuse(format!(
                 "address {} cannot be used on network {}: it is {why}",
                 ip.addr, net.name
             )));
+        }
+        if !trusted {
+            net.may_request(ip.addr).map_err(|why| {
+                refuse(format!(
+                    "address {} cannot be requested on network {}: {why}",
+                    ip.addr, net.name
+                ))
+            })?;
         }
         if ip.addr.is_ipv4() {
             families_covered.0 = true;
@@ -241,7 +321,10 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
         });
     }
     if net.ipam == IpamMode::Pool {
-        for ranges in pool::pools_of(net) {
+        for mut ranges in pool::pools_of(net) {
+            for r in &mut ranges {
+                r.excluded.extend(reserved.iter().map(|(a, _)| *a));
+            }
             let is_v4 = ranges.first().is_some_and(|r| r.subnet.addr().is_ipv4());
             let covered = if is_v4 {
                 families_covered.0
@@ -264,7 +347,6 @@ fn wanted_addresses(req: &NetworkRequest, net: &Network) -> Result<Vec<Want>, Pl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
     use crate::request::{parse, RequestedIp};
 
     fn net(name: &str, json: &str) -> Network {
@@ -300,6 +382,13 @@ mod tests {
         n
     }
 
+    fn in_netns(names: &[String]) -> Scope<'_> {
+        Scope {
+            existing_ifnames: names,
+            ..Scope::default()
+        }
+    }
+
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
@@ -307,7 +396,12 @@ mod tests {
     #[test]
     fn interface_names_skip_those_in_the_netns_and_those_requested() {
         let reqs = parse("lan,storage@eth1").unwrap();
-        let plans = build(&reqs, &[lan(), storage()], &names(&["lo", "eth0"])).unwrap();
+        let plans = build(
+            &reqs,
+            &[lan(), storage()],
+            in_netns(&names(&["lo", "eth0"])),
+        )
+        .unwrap();
         assert_eq!(plans[0].ifname, "eth2");
         assert_eq!(plans[1].ifname, "eth1");
     }
@@ -315,7 +409,7 @@ mod tests {
     #[test]
     fn requested_interface_that_exists_is_refused() {
         let reqs = parse("lan@eth0").unwrap();
-        let err = build(&reqs, &[lan()], &names(&["lo", "eth0"])).unwrap_err();
+        let err = build(&reqs, &[lan()], in_netns(&names(&["lo", "eth0"]))).unwrap_err();
         assert!(
             err.0.contains("eth0") && err.0.contains("already exists"),
             "{err}"
@@ -324,7 +418,7 @@ mod tests {
 
     #[test]
     fn pooled_network_wants_one_address_per_family_unless_requested() {
-        let plans = build(&parse("lan").unwrap(), &[lan()], &[]).unwrap();
+        let plans = build(&parse("lan").unwrap(), &[lan()], Scope::default()).unwrap();
         assert_eq!(plans[0].wants.len(), 2);
         assert!(plans[0]
             .wants
@@ -332,7 +426,7 @@ mod tests {
             .all(|w| matches!(w, Want::Pool { .. })));
 
         let reqs = parse(r#"[{"name":"lan","ips":["192.168.32.140/24"]}]"#).unwrap();
-        let plans = build(&reqs, &[lan()], &[]).unwrap();
+        let plans = build(&reqs, &[lan()], Scope::default()).unwrap();
         assert_eq!(
             plans[0].wants[0],
             Want::Address {
@@ -358,7 +452,7 @@ mod tests {
         ];
         for (ip, expected) in cases {
             let reqs = parse(&format!(r#"[{{"name":"lan","ips":["{ip}"]}}]"#)).unwrap();
-            let err = build(&reqs, &[lan()], &[]).unwrap_err();
+            let err = build(&reqs, &[lan()], Scope::default()).unwrap_err();
             assert!(err.0.contains(expected), "{ip}: {err}");
         }
     }
@@ -366,7 +460,7 @@ mod tests {
     #[test]
     fn default_route_goes_to_the_first_non_internal_network_with_a_gateway() {
         let reqs = parse("backplane,lan,storage").unwrap();
-        let plans = build(&reqs, &[internal(), lan(), storage()], &[]).unwrap();
+        let plans = build(&reqs, &[internal(), lan(), storage()], Scope::default()).unwrap();
         assert!(plans[0].default_routes.is_empty());
         assert_eq!(
             plans[1].default_routes,
@@ -388,16 +482,16 @@ mod tests {
     fn marked_network_carries_the_default_route_with_its_chosen_gateway() {
         let reqs =
             parse(r#"[{"name":"lan"},{"name":"storage","default-route":["10.9.0.1"]}]"#).unwrap();
-        let plans = build(&reqs, &[lan(), storage()], &[]).unwrap();
+        let plans = build(&reqs, &[lan(), storage()], Scope::default()).unwrap();
         assert!(plans[0].default_routes.is_empty());
         assert_eq!(plans[1].default_routes.len(), 1);
 
         let reqs = parse(r#"[{"name":"storage","default-route":["10.9.0.7"]}]"#).unwrap();
-        let err = build(&reqs, &[storage()], &[]).unwrap_err();
+        let err = build(&reqs, &[storage()], Scope::default()).unwrap_err();
         assert!(err.0.contains("not a gateway"), "{err}");
 
         let reqs = parse(r#"[{"name":"backplane","default-route":[]}]"#).unwrap();
-        let err = build(&reqs, &[internal()], &[]).unwrap_err();
+        let err = build(&reqs, &[internal()], Scope::default()).unwrap_err();
         assert!(err.0.contains("internal"), "{err}");
     }
 
@@ -407,10 +501,10 @@ mod tests {
         ipv.driver = Driver::Ipvlan;
         ipv.mode = Some(Mode::L3);
         let reqs = parse(r#"[{"name":"storage","mac":"02:00:00:00:00:01"}]"#).unwrap();
-        let err = build(&reqs, &[ipv.clone()], &[]).unwrap_err();
+        let err = build(&reqs, &[ipv.clone()], Scope::default()).unwrap_err();
         assert!(err.0.contains("share the parent's MAC"), "{err}");
 
-        let plans = build(&parse("storage").unwrap(), &[ipv], &[]).unwrap();
+        let plans = build(&parse("storage").unwrap(), &[ipv], Scope::default()).unwrap();
         assert_eq!(
             plans[0].default_routes,
             vec![DefaultRoute {
@@ -424,7 +518,7 @@ mod tests {
     fn static_network_needs_a_requested_address() {
         let mut s = storage();
         s.ipam = IpamMode::Static;
-        let err = build(&parse("storage").unwrap(), &[s.clone()], &[]).unwrap_err();
+        let err = build(&parse("storage").unwrap(), &[s.clone()], Scope::default()).unwrap_err();
         assert!(err.0.contains("ipam static"), "{err}");
         let reqs = vec![NetworkRequest {
             name: "storage".into(),
@@ -434,7 +528,119 @@ mod tests {
             }],
             ..Default::default()
         }];
-        let plans = build(&reqs, &[s], &[]).unwrap();
+        let plans = build(&reqs, &[s], Scope::default()).unwrap();
         assert_eq!(plans[0].wants.len(), 1);
+    }
+
+    /// `lan` with the given request policy (JSON of `requests`).
+    fn lan_with_policy(policy: &str) -> Network {
+        let mut n = lan();
+        n.subnets[0].ip_range = Some("192.168.32.128/25".parse().unwrap());
+        n.requests = serde_json::from_str(policy).unwrap();
+        n.validate().unwrap();
+        n
+    }
+
+    fn ask(net: &Network, entry: &str) -> Result<Vec<LinkPlan>, PlanError> {
+        let reqs = parse(&format!("[{entry}]")).unwrap();
+        build(&reqs, std::slice::from_ref(net), Scope::default())
+    }
+
+    #[test]
+    fn request_policy_bounds_what_requests_may_ask() {
+        let range = lan_with_policy(r#"{"ips":"ip_range"}"#);
+        let err = ask(&range, r#"{"name":"lan","ips":["192.168.32.10"]}"#).unwrap_err();
+        assert!(
+            err.0.contains("192.168.32.10") && err.0.contains("192.168.32.128/25"),
+            "{err}"
+        );
+        ask(&range, r#"{"name":"lan","ips":["192.168.32.130"]}"#).unwrap();
+        // Addresses of the other family are not in any ip_range either.
+        ask(&range, r#"{"name":"lan","ips":["2001:db8:32::9"]}"#).unwrap_err();
+
+        let listed = lan_with_policy(r#"{"ips":["192.168.32.64/27"]}"#);
+        ask(&listed, r#"{"name":"lan","ips":["192.168.32.70"]}"#).unwrap();
+        ask(&listed, r#"{"name":"lan","ips":["192.168.32.100"]}"#).unwrap_err();
+
+        let none = lan_with_policy(r#"{"ips":"none"}"#);
+        let err = ask(&none, r#"{"name":"lan","ips":["192.168.32.130"]}"#).unwrap_err();
+        assert!(err.0.contains("request_ips=none"), "{err}");
+        ask(&none, r#"{"name":"lan"}"#).unwrap();
+
+        let no_mac = lan_with_policy(r#"{"mac":false}"#);
+        let err = ask(&no_mac, r#"{"name":"lan","mac":"02:00:00:00:00:01"}"#).unwrap_err();
+        assert!(err.0.contains("request_mac=false"), "{err}");
+
+        let two = lan_with_policy(r#"{"max_ips":2}"#);
+        let err = ask(
+            &two,
+            r#"{"name":"lan","ips":["192.168.32.130","192.168.32.131","2001:db8:32::9"]}"#,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("at most 2"), "{err}");
+
+        // The administrator's own reservation is not bound by it.
+        let reqs = parse(r#"[{"name":"lan","ips":["192.168.32.10"]}]"#).unwrap();
+        let trusted = Scope {
+            trusted: true,
+            ..Scope::default()
+        };
+        build(&reqs, &[range], trusted).unwrap();
+    }
+
+    #[test]
+    fn macs_are_picked_per_kind_of_link() {
+        let plans = ask(&lan(), r#"{"name":"lan"}"#).unwrap();
+        assert_eq!(plans[0].mac, MacWant::Random);
+        let plans = ask(&lan(), r#"{"name":"lan","mac":"02:00:00:00:00:01"}"#).unwrap();
+        assert!(matches!(plans[0].mac, MacWant::Requested(_)));
+        let mut pt = lan();
+        pt.mode = Some(Mode::Passthru);
+        assert_eq!(ask(&pt, r#"{"name":"lan"}"#).unwrap()[0].mac, MacWant::None);
+        let claim = plans[0].claim();
+        assert_eq!(claim.segment, "lan0");
+        assert_eq!(claim.link, Some(LinkSpec::of(&lan())));
+    }
+
+    #[test]
+    fn other_networks_on_the_segment_reserve_their_gateway_and_aux_addresses() {
+        // "lan" names no gateway of its own ("none"); "office", on the same
+        // parent, says .1 is the router and .2 a printer.
+        let mut bare = lan();
+        bare.subnets[0].gateway = Some(crate::config::Gateway::None);
+        bare.subnets[0].aux_addresses.clear();
+        let office = net(
+            "office",
+            r#"{"driver":"macvlan","parent":"lan0","subnets":[
+                {"subnet":"192.168.32.0/25","gateway":"192.168.32.1","aux_addresses":{"printer":"192.168.32.2"}}]}"#,
+        );
+        let mut elsewhere = office.clone();
+        elsewhere.name = "elsewhere".into();
+        elsewhere.parent = "lan9".into();
+        let peers = [bare.clone(), office, elsewhere];
+        let scope = Scope {
+            peers: &peers,
+            ..Scope::default()
+        };
+        let reqs = parse(r#"[{"name":"lan","ips":["192.168.32.1"]}]"#).unwrap();
+        let err = build(&reqs, std::slice::from_ref(&bare), scope).unwrap_err();
+        assert!(
+            err.0
+                .contains("the gateway of 192.168.32.0/25 on network office"),
+            "{err}"
+        );
+        let plans = build(&parse("lan").unwrap(), std::slice::from_ref(&bare), scope).unwrap();
+        let Want::Pool { ranges } = &plans[0].wants[0] else {
+            panic!("{:?}", plans[0].wants)
+        };
+        let mut excluded = ranges[0].excluded.clone();
+        excluded.sort();
+        assert_eq!(
+            excluded,
+            vec![
+                "192.168.32.1".parse::<IpAddr>().unwrap(),
+                "192.168.32.2".parse().unwrap()
+            ]
+        );
     }
 }

@@ -57,6 +57,13 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// As text, `02:00:c0:a8:20:8c`.
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for RequestedIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.prefix_len {

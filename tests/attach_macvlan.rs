@@ -494,7 +494,8 @@ fn mtu_above_the_parent_and_taken_addresses_are_refused() {
     ]);
     let err = common::stderr(&out);
     assert!(
-        err.contains("192.168.32.50") && err.contains("taken by first (eth0)"),
+        err.contains("192.168.32.50")
+            && err.contains("taken on parent lan0 by first (eth0, network lan)"),
         "{err}"
     );
     assert_bare(&d);

@@ -35,7 +35,7 @@ pub struct DetachArgs {
     /// Owner id given to attach.
     #[arg(long, required_unless_present = "netns")]
     id: Option<String>,
-    /// The netns given to attach (its interfaces are removed if it still exists).
+    /// The netns given to attach (found by its recorded identity when not given).
     #[arg(long)]
     netns: Option<PathBuf>,
 }
@@ -78,8 +78,9 @@ pub fn run_detach(ctx: &Context, args: DetachArgs) -> Result<()> {
         (None, Some(path)) => path.display().to_string(),
         (None, None) => bail!("give --id or --netns"),
     };
-    let netns = args.netns.as_deref().and_then(|p| Netns::open(p).ok());
-    let freed = engine::detach(&ctx.store()?, &owner, netns.as_ref())?;
+    // The owner's interfaces are removed first wherever its netns still lives;
+    // --netns only saves looking for it.
+    let freed = engine::release(&ctx.store()?, &owner, args.netns.as_deref())?;
     for lease in freed {
         println!(
             "released {} {}/{}",

@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
             )?;
         }
         Verb::Release => {
-            engine::release(&ctx.store()?, &input.container_id)?;
+            engine::release(&ctx.store()?, &input.container_id, input.netns.as_deref())?;
         }
     }
     Ok(())

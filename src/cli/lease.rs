@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 
 use super::{print_table, single_request, Context};
-use crate::ipam::LeaseStore;
-use crate::plan;
+use crate::ipam::{LeaseStore, MacWant};
+use crate::{engine, plan};
 
 #[derive(Subcommand)]
 pub enum LeaseCommand {
@@ -29,8 +29,13 @@ pub enum LeaseCommand {
         ip: Vec<String>,
         network: String,
     },
-    /// Free the leases of an owner, or one address.
+    /// Free the leases of an owner, or one address. An interface still up
+    /// in a live network namespace is removed first.
     Release {
+        /// Free an address whose interface is still up: remove that
+        /// interface (and so free every address of it).
+        #[arg(long)]
+        force: bool,
         /// Container or pod id.
         #[arg(long, conflicts_with = "address")]
         owner: Option<String>,
@@ -57,33 +62,45 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                             format!("{}/{}", l.address, l.prefix_len),
                             l.owner.clone(),
                             l.ifname.clone(),
+                            l.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();
-                print_table(&["NETWORK", "ADDRESS", "OWNER", "INTERFACE"], &rows);
+                print_table(&["NETWORK", "ADDRESS", "OWNER", "INTERFACE", "MAC"], &rows);
             }
         }
         LeaseCommand::Reserve { owner, ip, network } => {
             let requests = single_request(&network, None, &ip, None)?;
             let definition = ctx.networks().load(&network)?;
-            let plans = plan::build(&requests, &[definition], &[])?;
+            let peers = ctx.networks().list()?;
+            let scope = plan::Scope {
+                peers: &peers,
+                existing_ifnames: &[],
+                trusted: true,
+            };
+            let plans = plan::build(&requests, &[definition], scope)?;
             let mut claim = plans[0].claim();
             // Not an interface: the lease is the host's, not a container's.
             claim.ifname = "-".to_string();
-            for lease in store.reserve(&owner, "", &[claim])?.concat() {
+            claim.link = None;
+            claim.mac = MacWant::None;
+            // No netns: a reservation is never found dead.
+            let reservation = store.reserve(&owner, "", &[claim], &mut |_| true)?;
+            for lease in reservation.leases.concat() {
                 println!("{}/{}", lease.address, lease.prefix_len);
             }
         }
         LeaseCommand::Release {
             owner: Some(owner), ..
         } => {
-            for l in store.release_owner(&owner)? {
+            for l in engine::release(&store, &owner, None)? {
                 println!("released {} {}", l.network, l.address);
             }
         }
         LeaseCommand::Release {
             address: Some(address),
             network,
+            force,
             ..
         } => {
             let networks: Vec<String> = match network {
@@ -105,10 +122,11 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                 }
             };
             match networks.first() {
-                Some(n) => match store.release_address(n, address)? {
-                    Some(l) => println!("released {} {}", l.network, l.address),
-                    None => bail!("no lease of {address} on network {n}"),
-                },
+                Some(n) => {
+                    for l in engine::release_address(&store, n, address, force)? {
+                        println!("released {} {}", l.network, l.address);
+                    }
+                }
                 None => bail!("no lease of {address}"),
             }
         }

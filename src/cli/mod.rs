@@ -29,7 +29,7 @@ impl Context {
     }
 
     pub fn store(&self) -> anyhow::Result<SqliteStore> {
-        Ok(SqliteStore::open(&self.state_dir)?)
+        Ok(SqliteStore::open_for(&self.state_dir, &self.networks())?)
     }
 }
 

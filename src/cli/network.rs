@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 
 use super::{print_table, Context};
-use crate::config::{Driver, IpamMode, IpvlanFlag, Mode, Network, Subnet};
+use crate::config::{
+    first_usable, Driver, Gateway, IpamMode, IpvlanFlag, Mode, Network, RequestPolicy, Subnet,
+};
 use crate::ipam::LeaseStore;
 use crate::netlink::Netlink;
 
@@ -43,9 +45,11 @@ pub struct CreateArgs {
     /// Subnet in CIDR form; repeat for several (IPv4 and IPv6 mixed).
     #[arg(long)]
     subnet: Vec<IpNet>,
-    /// Gateway of the subnet that contains it; repeatable.
+    /// Gateway of the subnet that contains it, or `none` for the subnet at
+    /// the same position; repeatable. Without one, a subnet's first usable
+    /// address is reserved as its gateway (as Docker does).
     #[arg(long)]
-    gateway: Vec<IpAddr>,
+    gateway: Vec<Gateway>,
     /// Hand out pooled addresses from this sub-range of its subnet; repeatable.
     #[arg(long = "ip-range")]
     ip_range: Vec<IpNet>,
@@ -61,7 +65,9 @@ pub struct CreateArgs {
     /// pool (addresses handed out) or static (only requested addresses).
     #[arg(long, default_value = "pool")]
     ipam: String,
-    /// Driver options: parent=, macvlan_mode=, ipvlan_mode=, ipvlan_flag=, mtu=.
+    /// Driver options: parent=, macvlan_mode=, ipvlan_mode=, ipvlan_flag=, mtu=;
+    /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
+    /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
     opt: Vec<String>,
     /// Network name.
@@ -138,6 +144,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut mode = None;
     let mut flag = None;
     let mut mtu = None;
+    let mut requests = RequestPolicy::default();
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -155,7 +162,22 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
             "macvlan_mode" | "ipvlan_mode" | "ipvlan_flag" => {
                 bail!("option {key} does not apply to the {driver} driver")
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu)"),
+            "request_ips" => {
+                requests.ips = value.parse().map_err(|e| anyhow!("option request_ips: {e}"))?
+            }
+            "request_mac" => {
+                requests.mac = match value {
+                    "true" | "yes" => true,
+                    "false" | "no" => false,
+                    _ => bail!("option request_mac: {value:?} is not true or false"),
+                }
+            }
+            "request_max_ips" => {
+                requests.max_ips = value
+                    .parse()
+                    .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
+            }
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -169,12 +191,27 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
             aux_addresses: BTreeMap::new(),
         })
         .collect();
-    for gw in args.gateway {
-        let s = containing(&mut subnets, "gateway", gw)?;
+    for (i, gw) in args.gateway.iter().enumerate() {
+        let s = match gw {
+            Gateway::Address(a) => containing(&mut subnets, "gateway", *a)?,
+            // "none" names no address: it goes with the --subnet at its position.
+            Gateway::None => subnets.get_mut(i).ok_or_else(|| {
+                anyhow!(
+                    "--gateway none (#{}) has no --subnet at that position",
+                    i + 1
+                )
+            })?,
+        };
         if s.gateway.is_some() {
             bail!("--gateway: subnet {} already has a gateway", s.subnet);
         }
-        s.gateway = Some(gw);
+        s.gateway = Some(*gw);
+    }
+    // Written out, so the definition says which address is reserved.
+    for s in &mut subnets {
+        if s.gateway.is_none() {
+            s.gateway = first_usable(s.subnet).map(Gateway::Address);
+        }
     }
     for range in args.ip_range {
         let s = containing(&mut subnets, "ip-range", range.network())?;
@@ -205,6 +242,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         subnets,
         internal: args.internal,
         ipam,
+        requests,
     };
     net.validate()?;
     Ok(net)

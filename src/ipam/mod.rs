@@ -10,10 +10,17 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-/// One address held by one owner on one network.
+use crate::request::MacAddr;
+use crate::sharing::LinkSpec;
+
+/// One address held by one owner on one network. Addresses are unique per
+/// layer-2 segment (see [`crate::config::Network::segment`]), whatever
+/// networks share it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
     pub network: String,
+    /// The layer-2 segment (parent) the address is unique on.
+    pub segment: String,
     pub address: IpAddr,
     /// Prefix length of the subnet the address belongs to.
     pub prefix_len: u8,
@@ -23,6 +30,8 @@ pub struct Lease {
     pub ifname: String,
     /// The owner's netns, `net:[INODE]#COOKIE` (used by `gc`).
     pub netns: String,
+    /// The MAC of the owner's interface, when netattach chose or set it.
+    pub mac: Option<MacAddr>,
     /// Seconds since the epoch.
     pub created: u64,
 }
@@ -33,17 +42,16 @@ pub struct Attachment {
     pub owner: String,
     pub network: String,
     pub ifname: String,
-    /// The owner's netns, `net:[INODE]#COOKIE` (see `Netns::identity`).
+    /// The owner's netns, `net:[INODE]#COOKIE` (see `Netns::identity`);
+    /// empty for an owner that is not a container (`lease reserve`).
     pub netns: String,
     pub created: u64,
-}
-
-impl Attachment {
-    /// The inode and cookie of the owner's netns, from its identity.
-    pub fn netns_id(&self) -> Option<(u64, u64)> {
-        let (inode, cookie) = self.netns.strip_prefix("net:[")?.split_once("]#")?;
-        Some((inode.parse().ok()?, cookie.parse().ok()?))
-    }
+    /// The layer-2 segment (parent) of the link.
+    pub segment: String,
+    /// The kind of link on the parent; `None` for a reservation (no link).
+    pub link: Option<LinkSpec>,
+    /// The link's MAC, when netattach chose or set it (unique per segment).
+    pub mac: Option<MacAddr>,
 }
 
 /// One address family's pool of a network: where pooled addresses come from.
@@ -66,21 +74,84 @@ pub enum Want {
     Pool { ranges: Vec<PoolRange> },
 }
 
+/// The MAC one attach needs for one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacWant {
+    /// The link has no MAC of its own (ipvlan, passthru) or is no link at all.
+    None,
+    /// This one; fails if another owner on the segment has it.
+    Requested(MacAddr),
+    /// A random locally administered one that nobody on the segment has.
+    Random,
+}
+
 /// What one attach asks of the store for one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub network: String,
+    /// The layer-2 segment addresses and MACs must be unique on.
+    pub segment: String,
     pub ifname: String,
+    /// The kind of link to be made; `None` for a reservation.
+    pub link: Option<LinkSpec>,
+    pub mac: MacWant,
     pub wants: Vec<Want>,
 }
 
+/// What `reserve` handed out.
+#[derive(Debug, Clone, Default)]
+pub struct Reservation {
+    /// Per claim, the leases in the order of its wants.
+    pub leases: Vec<Vec<Lease>>,
+    /// Per claim, the MAC to give the link.
+    pub macs: Vec<Option<MacAddr>>,
+    /// Attachments of owners found dead while checking conflicts, freed on the way.
+    pub dropped: Vec<Attachment>,
+}
+
+/// Who holds an address, a MAC or a parent, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    pub ifname: String,
+    pub network: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, network {})",
+            self.owner, self.ifname, self.network
+        )
+    }
+}
+
+/// Answers whether an attachment's owner is still alive; asked only before a
+/// conflict would refuse an attach, inside the store's transaction.
+pub type Liveness<'a> = &'a mut dyn FnMut(&Attachment) -> bool;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
-    #[error("address {address} of network {network} is taken by {holder}")]
+    #[error("address {address} is taken on parent {segment} by {holder}")]
     Taken {
-        network: String,
+        segment: String,
         address: IpAddr,
-        holder: String,
+        holder: Holder,
+    },
+    #[error("MAC {mac} is in use on parent {segment} by {holder}")]
+    MacTaken {
+        segment: String,
+        mac: MacAddr,
+        holder: Holder,
+    },
+    #[error("network {network}: parent {segment} carries a {theirs} link of {holder}; {rule}")]
+    Clash {
+        network: String,
+        segment: String,
+        theirs: LinkSpec,
+        holder: Box<Holder>,
+        rule: &'static str,
     },
     #[error("no free address in {range} of {network}")]
     Exhausted { network: String, range: String },
@@ -90,15 +161,18 @@ pub enum IpamError {
 
 /// The lease store. Every method is atomic: it commits whole or not at all.
 pub trait LeaseStore {
-    /// Records an attachment per claim and leases every wanted address, all in one
-    /// transaction. Returns the leases per claim, in the order of the claims and
-    /// their wants.
+    /// Records an attachment per claim, checks the parent-sharing rules
+    /// against the other attachments of its segment, leases every wanted
+    /// address and picks the MAC, all in one transaction. An owner that a
+    /// conflict would refuse is first asked about with `alive`; a dead one is
+    /// freed and no longer in the way.
     fn reserve(
         &self,
         owner: &str,
         netns: &str,
         claims: &[Claim],
-    ) -> Result<Vec<Vec<Lease>>, IpamError>;
+        alive: Liveness<'_>,
+    ) -> Result<Reservation, IpamError>;
 
     /// The owner's attachments.
     fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError>;
@@ -116,11 +190,11 @@ pub trait LeaseStore {
     /// Frees one address; returns the lease if there was one.
     fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError>;
 
+    /// The lease of `address` on `network`, if any.
+    fn lease_of(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError>;
+
     /// The owner's leases, ordered by network then address.
     fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, IpamError>;
-
-    /// How many owners are attached to `network`.
-    fn attachment_count(&self, network: &str) -> Result<usize, IpamError>;
 
     /// Remembers that netattach created the 802.1Q link `name` (so it may
     /// remove it once nothing uses it).

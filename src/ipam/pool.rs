@@ -24,7 +24,7 @@ pub fn pools_of(net: &Network) -> Vec<Vec<PoolRange>> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for s in &net.subnets {
-        let mut excluded: Vec<IpAddr> = s.gateway.into_iter().collect();
+        let mut excluded: Vec<IpAddr> = s.gateway().into_iter().collect();
         excluded.extend(s.aux_addresses.values().copied());
         excluded.sort();
         excluded.dedup();
@@ -136,6 +136,7 @@ mod tests {
             subnets,
             internal: false,
             ipam,
+            requests: Default::default(),
         }
     }
 
@@ -252,7 +253,8 @@ mod tests {
                 PoolRange {
                     subnet: "10.9.0.0/16".parse().unwrap(),
                     range: "10.9.0.0/16".parse().unwrap(),
-                    excluded: vec![],
+                    // No gateway given: the first usable address is reserved.
+                    excluded: vec![ip("10.9.0.1")],
                 },
             ]
         );

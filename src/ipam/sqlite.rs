@@ -17,25 +17,35 @@
 //! faster for a lone process, but 16 concurrent writers then waited up to 4 s
 //! for the lock.
 //!
-//! Schema (version 2, in `PRAGMA user_version`):
+//! Schema (version 3, in `PRAGMA user_version`):
 //!
 //! ```sql
-//! leases(network TEXT, key BLOB, address TEXT, prefix_len INTEGER, owner TEXT,
-//!        ifname TEXT, netns TEXT, created INTEGER,
-//!        PRIMARY KEY(network, key)) WITHOUT ROWID
+//! leases(segment TEXT, key BLOB, network TEXT, address TEXT, prefix_len INTEGER,
+//!        owner TEXT, ifname TEXT, netns TEXT, mac TEXT, created INTEGER,
+//!        PRIMARY KEY(segment, key)) WITHOUT ROWID
 //! INDEX leases_owner ON leases(owner, network)
+//! INDEX leases_network ON leases(network, key)
 //! attachments(owner TEXT, network TEXT, ifname TEXT, netns TEXT, created INTEGER,
+//!             segment TEXT, driver TEXT, mode TEXT, mac TEXT,
 //!             PRIMARY KEY(owner, network)) WITHOUT ROWID
-//! cursors(network TEXT, range TEXT, last BLOB, PRIMARY KEY(network, range)) WITHOUT ROWID
 //! INDEX attachments_network ON attachments(network)
+//! INDEX attachments_link ON attachments(segment, driver, mode)
+//! UNIQUE INDEX attachments_mac ON attachments(segment, mac) WHERE mac IS NOT NULL
+//! cursors(network TEXT, range TEXT, last BLOB, PRIMARY KEY(network, range)) WITHOUT ROWID
 //! vlans(name TEXT PRIMARY KEY, created INTEGER) WITHOUT ROWID
 //! ```
 //!
-//! `key` is 17 bytes: the family (4 or 6) then the address as a 16-byte big-endian
-//! integer, so keys sort by family then address and IPv4 can never collide with an
-//! IPv6 address (not even `::ffff:a.b.c.d`). `address` is the text form, for people
-//! reading the database. `cursors.last` is the key of the last address handed out
-//! from a range (`range` as written: the ip_range, else the subnet); the next pooled
+//! The wire knows a layer-2 segment and an address, not a network: so leases
+//! are keyed by (segment, address) and MACs are unique per segment, whatever
+//! networks share the parent. `key` is 17 bytes: the family (4 or 6) then the
+//! address as a 16-byte big-endian integer, so keys sort by family then address
+//! and IPv4 can never collide with an IPv6 address (not even `::ffff:a.b.c.d`).
+//! `address` is the text form, for people reading the database. An attachment
+//! records the kind of link it put on its segment (`driver`, `mode`; NULL for a
+//! reservation), so the parent-sharing rules are checked against what is on the
+//! wire, in the same transaction that records the new attachment.
+//! `cursors.last` is the key of the last address handed out from a range
+//! (`range` as written: the ip_range, else the subnet); the next pooled
 //! allocation starts just after it.
 //!
 //! Nothing scans all leases: a pooled allocation walks the primary-key index from
@@ -55,7 +65,12 @@ use rusqlite::{
 };
 
 use super::pool::{addr_to_u128, ranges_label, u128_to_addr};
-use super::{Attachment, Claim, IpamError, Lease, LeaseStore, PoolRange, Want};
+use super::{
+    Attachment, Claim, Holder, IpamError, Lease, LeaseStore, Liveness, MacWant, PoolRange,
+    Reservation, Want,
+};
+use crate::request::MacAddr;
+use crate::sharing::LinkSpec;
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "leases.db";
@@ -67,7 +82,7 @@ const LOCK_FILE: &str = "leases.lock";
 const WAL_FOLD_BYTES: u64 = 64 * 4120;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a process waits for another one holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,41 +92,92 @@ const BUSY_POLL: Duration = Duration::from_micros(500);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS leases (
-    network    TEXT    NOT NULL,
+    segment    TEXT    NOT NULL,
     key        BLOB    NOT NULL,
+    network    TEXT    NOT NULL,
     address    TEXT    NOT NULL,
     prefix_len INTEGER NOT NULL,
     owner      TEXT    NOT NULL,
     ifname     TEXT    NOT NULL,
     netns      TEXT    NOT NULL,
+    mac        TEXT,
     created    INTEGER NOT NULL,
-    PRIMARY KEY (network, key)
+    PRIMARY KEY (segment, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner, network);
+CREATE INDEX IF NOT EXISTS leases_network ON leases (network, key);
 CREATE TABLE IF NOT EXISTS attachments (
     owner   TEXT    NOT NULL,
     network TEXT    NOT NULL,
     ifname  TEXT    NOT NULL,
     netns   TEXT    NOT NULL,
     created INTEGER NOT NULL,
+    segment TEXT    NOT NULL,
+    driver  TEXT,
+    mode    TEXT,
+    mac     TEXT,
     PRIMARY KEY (owner, network)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attachments_network ON attachments (network);
+CREATE INDEX IF NOT EXISTS attachments_link ON attachments (segment, driver, mode);
+CREATE UNIQUE INDEX IF NOT EXISTS attachments_mac ON attachments (segment, mac)
+    WHERE mac IS NOT NULL;
 CREATE TABLE IF NOT EXISTS cursors (
     network TEXT NOT NULL,
     range   TEXT NOT NULL,
     last    BLOB NOT NULL,
     PRIMARY KEY (network, range)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS attachments_network ON attachments (network);
 CREATE TABLE IF NOT EXISTS vlans (
     name    TEXT    NOT NULL PRIMARY KEY,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
-const LEASE_COLUMNS: &str = "network, key, prefix_len, owner, ifname, netns, created";
-const ATTACHMENT_COLUMNS: &str = "owner, network, ifname, netns, created";
+/// From version 2, whose leases were keyed by (network, address) and whose
+/// attachments did not record their segment and link. The tables are renamed,
+/// the new ones created, and the rows copied with the segment and link of
+/// their network (`segmap`, filled from the definitions). A network without a
+/// definition keeps a segment of its own (`network:NAME`), as before; two old
+/// leases that turn out to share one address on one segment are both kept
+/// (the second under `duplicate:NAME`) rather than one silently dropped.
+const MIGRATE_FROM_2: &str = "
+ALTER TABLE leases RENAME TO leases_v2;
+ALTER TABLE attachments RENAME TO attachments_v2;
+DROP INDEX IF EXISTS leases_owner;
+DROP INDEX IF EXISTS attachments_network;
+";
+
+const COPY_FROM_2: &str = "
+INSERT INTO attachments (owner, network, ifname, netns, created, segment, driver, mode, mac)
+    SELECT a.owner, a.network, a.ifname, a.netns, a.created,
+           COALESCE(m.segment, 'network:' || a.network),
+           CASE WHEN a.netns = '' THEN NULL ELSE m.driver END,
+           CASE WHEN a.netns = '' THEN NULL ELSE m.mode END,
+           NULL
+    FROM attachments_v2 a LEFT JOIN segmap m ON m.network = a.network;
+INSERT OR IGNORE INTO leases
+    SELECT COALESCE(m.segment, 'network:' || l.network), l.key, l.network, l.address,
+           l.prefix_len, l.owner, l.ifname, l.netns, NULL, l.created
+    FROM leases_v2 l LEFT JOIN segmap m ON m.network = l.network;
+INSERT INTO leases
+    SELECT 'duplicate:' || l.network, l.key, l.network, l.address, l.prefix_len,
+           l.owner, l.ifname, l.netns, NULL, l.created
+    FROM leases_v2 l
+    WHERE NOT EXISTS (SELECT 1 FROM leases n WHERE n.network = l.network AND n.key = l.key);
+DROP TABLE leases_v2;
+DROP TABLE attachments_v2;
+DROP TABLE segmap;
+";
+
+const LEASE_COLUMNS: &str = "network, segment, key, prefix_len, owner, ifname, netns, mac, created";
+const ATTACHMENT_COLUMNS: &str =
+    "owner, network, ifname, netns, created, segment, driver, mode, mac";
+
+/// The segment and link kind of a network, from its definition; what the
+/// migration from version 2 needs to know of networks it finds in old rows.
+pub type SegmentOf<'a> = &'a dyn Fn(&str) -> Option<(String, LinkSpec)>;
 
 /// The embedded lease store. Cheap to open (a hook opens it on every container
 /// start); one connection, safe to share between threads.
@@ -191,17 +257,30 @@ fn bad_key(k: &[u8]) -> rusqlite::Error {
     )
 }
 
+fn mac_of_text(text: Option<String>) -> Option<MacAddr> {
+    text.and_then(|t| t.parse().ok())
+}
+
+fn link_of_text(driver: Option<String>, mode: Option<String>) -> Option<LinkSpec> {
+    let (driver, mode) = (driver?, mode?);
+    LinkSpec::all()
+        .into_iter()
+        .find(|l| l.driver.to_string() == driver && l.mode.to_string() == mode)
+}
+
 fn lease_of_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
-    let key = row.get_ref(1)?.as_blob()?;
+    let key = row.get_ref(2)?.as_blob()?;
     let address = addr_of_key(key).ok_or_else(|| bad_key(key))?;
     Ok(Lease {
         network: row.get(0)?,
+        segment: row.get(1)?,
         address,
-        prefix_len: row.get(2)?,
-        owner: row.get(3)?,
-        ifname: row.get(4)?,
-        netns: row.get(5)?,
-        created: row.get::<_, i64>(6)?.max(0) as u64,
+        prefix_len: row.get(3)?,
+        owner: row.get(4)?,
+        ifname: row.get(5)?,
+        netns: row.get(6)?,
+        mac: mac_of_text(row.get(7)?),
+        created: row.get::<_, i64>(8)?.max(0) as u64,
     })
 }
 
@@ -212,6 +291,9 @@ fn attachment_of_row(row: &Row<'_>) -> rusqlite::Result<Attachment> {
         ifname: row.get(2)?,
         netns: row.get(3)?,
         created: row.get::<_, i64>(4)?.max(0) as u64,
+        segment: row.get(5)?,
+        link: link_of_text(row.get(6)?, row.get(7)?),
+        mac: mac_of_text(row.get(8)?),
     })
 }
 
@@ -223,7 +305,30 @@ fn sync_dir(dir: &Path) -> Result<(), IpamError> {
 
 impl SqliteStore {
     /// Opens (creating it and the directory if needed) `<state_dir>/leases.db`.
+    /// An older database is migrated knowing no network definitions (see
+    /// [`SqliteStore::open_with`]).
     pub fn open(state_dir: &Path) -> Result<SqliteStore, IpamError> {
+        SqliteStore::open_with(state_dir, &|_| None)
+    }
+
+    /// Opens the store next to the network definitions it serves (an older
+    /// database learns its networks' segments from them).
+    pub fn open_for(
+        state_dir: &Path,
+        networks: &crate::config::NetworkDir,
+    ) -> Result<SqliteStore, IpamError> {
+        SqliteStore::open_with(state_dir, &|name| {
+            let net = networks.load(name).ok()?;
+            Some((net.segment(), LinkSpec::of(&net)))
+        })
+    }
+
+    /// Opens the store; `segment_of` tells the migration of an older database
+    /// the segment and link kind of each network it finds.
+    pub fn open_with(
+        state_dir: &Path,
+        segment_of: SegmentOf<'_>,
+    ) -> Result<SqliteStore, IpamError> {
         let new_dir = !state_dir.is_dir();
         fs::create_dir_all(state_dir)
             .map_err(|e| IpamError::Store(format!("{}: {e}", state_dir.display())))?;
@@ -264,7 +369,7 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(at)?;
         if version != SCHEMA_VERSION {
-            init(&mut conn).map_err(|e| match e {
+            init(&mut conn, segment_of).map_err(|e| match e {
                 IpamError::Store(m) => IpamError::Store(format!("{}: {m}", path.display())),
                 other => other,
             })?;
@@ -326,7 +431,7 @@ impl SqliteStore {
 
 /// Switches a new database to WAL and creates or upgrades the schema; several
 /// processes may do this at once on a fresh file.
-fn init(conn: &mut Connection) -> Result<(), IpamError> {
+fn init(conn: &mut Connection, segment_of: SegmentOf<'_>) -> Result<(), IpamError> {
     // WAL is a property of the file and persists. Switching needs the file to
     // itself, and SQLite may report "busy" at once instead of waiting, so retry.
     let deadline = Instant::now() + BUSY_TIMEOUT;
@@ -355,17 +460,47 @@ fn init(conn: &mut Connection) -> Result<(), IpamError> {
             "schema version {version} is newer than this netattach knows ({SCHEMA_VERSION})"
         )));
     }
-    if version < SCHEMA_VERSION {
+    if version == 2 {
+        migrate_from_2(&tx, segment_of)?;
+    } else if version < SCHEMA_VERSION {
         tx.execute_batch(SCHEMA).map_err(db)?;
     }
     tx.commit().map_err(db)
+}
+
+fn migrate_from_2(tx: &Transaction<'_>, segment_of: SegmentOf<'_>) -> Result<(), IpamError> {
+    tx.execute_batch(MIGRATE_FROM_2).map_err(db)?;
+    tx.execute_batch(SCHEMA).map_err(db)?;
+    tx.execute_batch(
+        "CREATE TEMP TABLE segmap (network TEXT PRIMARY KEY, segment TEXT, driver TEXT, mode TEXT)",
+    )
+    .map_err(db)?;
+    let networks: Vec<String> = tx
+        .prepare("SELECT network FROM attachments_v2 UNION SELECT network FROM leases_v2")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(db)?;
+    for network in networks {
+        if let Some((segment, link)) = segment_of(&network) {
+            tx.execute(
+                "INSERT INTO segmap VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    network,
+                    segment,
+                    link.driver.to_string(),
+                    link.mode.to_string()
+                ],
+            )
+            .map_err(db)?;
+        }
+    }
+    tx.execute_batch(COPY_FROM_2).map_err(db)
 }
 
 /// The first free address of `lo..=hi` (integers of one family) that is not
 /// excluded, walking the index upwards from `lo` and stopping at the first gap.
 fn find_free(
     tx: &Transaction<'_>,
-    network: &str,
+    segment: &str,
     ipv6: bool,
     lo: u128,
     hi: u128,
@@ -381,9 +516,9 @@ fn find_free(
         return Ok(None);
     };
     let mut stmt = tx.prepare_cached(
-        "SELECT key FROM leases WHERE network = ?1 AND key >= ?2 AND key <= ?3 ORDER BY key",
+        "SELECT key FROM leases WHERE segment = ?1 AND key >= ?2 AND key <= ?3 ORDER BY key",
     )?;
-    let mut rows = stmt.query(params![network, key_of(ipv6, cand), key_of(ipv6, hi)])?;
+    let mut rows = stmt.query(params![segment, key_of(ipv6, cand), key_of(ipv6, hi)])?;
     while let Some(row) = rows.next()? {
         let key = row.get_ref(0)?.as_blob()?;
         let (_, taken) = decode_key(key).ok_or_else(|| bad_key(key))?;
@@ -401,10 +536,12 @@ fn find_free(
     Ok(Some(cand))
 }
 
-/// Picks the next free address of one family's ranges (in order, round-robin from
-/// each range's cursor) and moves that range's cursor to it.
+/// Picks the next free address of the segment in one family's ranges (in
+/// order, round-robin from each range's cursor) and moves that range's cursor
+/// to it.
 fn allocate<'r>(
     tx: &Transaction<'_>,
+    segment: &str,
     network: &str,
     ranges: &'r [PoolRange],
 ) -> Result<(IpAddr, &'r PoolRange), IpamError> {
@@ -435,16 +572,16 @@ fn allocate<'r>(
         let found = match cursor {
             Some(c) => {
                 let after = if c < hi {
-                    find_free(tx, network, v6, c + 1, hi, &excluded).map_err(db)?
+                    find_free(tx, segment, v6, c + 1, hi, &excluded).map_err(db)?
                 } else {
                     None
                 };
                 match after {
                     Some(a) => Some(a),
-                    None => find_free(tx, network, v6, lo, c, &excluded).map_err(db)?,
+                    None => find_free(tx, segment, v6, lo, c, &excluded).map_err(db)?,
                 }
             }
-            None => find_free(tx, network, v6, lo, hi, &excluded).map_err(db)?,
+            None => find_free(tx, segment, v6, lo, hi, &excluded).map_err(db)?,
         };
         if let Some(value) = found {
             tx.prepare_cached(
@@ -466,18 +603,20 @@ fn allocate<'r>(
 
 fn insert_lease(tx: &Transaction<'_>, lease: &Lease) -> Result<(), IpamError> {
     tx.prepare_cached(
-        "INSERT INTO leases (network, key, address, prefix_len, owner, ifname, netns, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO leases (segment, key, network, address, prefix_len, owner, ifname, netns, mac, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
-            lease.network,
+            lease.segment,
             key_of_addr(lease.address),
+            lease.network,
             lease.address.to_string(),
             lease.prefix_len,
             lease.owner,
             lease.ifname,
             lease.netns,
+            lease.mac.map(|m| m.to_string()),
             lease.created as i64,
         ])
     })
@@ -501,6 +640,182 @@ fn delete_leases(
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
 }
 
+/// The attachments matching `filter` (an SQL condition on the table).
+fn attachments_where(
+    conn: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Attachment>, IpamError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE {filter} ORDER BY owner, network"
+        ))
+        .map_err(db)?;
+    let rows = stmt.query_map(params, attachment_of_row).map_err(db)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+}
+
+fn holder_of(a: &Attachment) -> Holder {
+    Holder {
+        owner: a.owner.clone(),
+        ifname: a.ifname.clone(),
+        network: a.network.clone(),
+    }
+}
+
+/// Frees one attachment and its leases (its owner was found dead).
+fn drop_attachment(tx: &Transaction<'_>, a: &Attachment) -> Result<(), IpamError> {
+    delete_leases(
+        tx,
+        &format!("DELETE FROM leases WHERE owner = ?1 AND network = ?2 RETURNING {LEASE_COLUMNS}"),
+        params![a.owner, a.network],
+    )?;
+    tx.prepare_cached("DELETE FROM attachments WHERE owner = ?1 AND network = ?2")
+        .and_then(|mut s| s.execute(params![a.owner, a.network]))
+        .map_err(db)?;
+    Ok(())
+}
+
+/// A random unicast, locally administered MAC.
+fn random_mac() -> Result<MacAddr, IpamError> {
+    let mut m = [0u8; 6];
+    // SAFETY: getrandom writes at most m.len() bytes into m.
+    let n = unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
+    if n != m.len() as isize {
+        return Err(IpamError::Store(format!(
+            "getrandom: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    m[0] = (m[0] & 0xfc) | 0x02;
+    Ok(MacAddr(m))
+}
+
+/// The state of one `reserve` transaction: the owner, and what it dropped.
+struct Reserving<'t, 'c, 'a> {
+    tx: &'t Transaction<'c>,
+    owner: &'t str,
+    alive: Liveness<'a>,
+    dropped: Vec<Attachment>,
+}
+
+impl Reserving<'_, '_, '_> {
+    /// Whether `other` still stands in the way: it does if its owner is this
+    /// one or alive; a dead one is freed here.
+    fn in_the_way(&mut self, other: &Attachment) -> Result<bool, IpamError> {
+        if other.owner == self.owner || (self.alive)(other) {
+            return Ok(true);
+        }
+        drop_attachment(self.tx, other)?;
+        self.dropped.push(other.clone());
+        Ok(false)
+    }
+
+    /// Refuses the claim's link if a live link on its segment clashes with it.
+    fn check_sharing(&mut self, claim: &Claim, link: LinkSpec) -> Result<(), IpamError> {
+        for (kind, rule) in link.clashing() {
+            let others = attachments_where(
+                self.tx,
+                "segment = ?1 AND driver = ?2 AND mode = ?3",
+                params![
+                    claim.segment,
+                    kind.driver.to_string(),
+                    kind.mode.to_string()
+                ],
+            )?;
+            for other in others {
+                if self.in_the_way(&other)? {
+                    return Err(IpamError::Clash {
+                        network: claim.network.clone(),
+                        segment: claim.segment.clone(),
+                        theirs: kind,
+                        holder: Box::new(holder_of(&other)),
+                        rule,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The attachment on the segment that has `mac`, if any.
+    fn mac_holder(&self, segment: &str, mac: MacAddr) -> Result<Option<Attachment>, IpamError> {
+        Ok(attachments_where(
+            self.tx,
+            "segment = ?1 AND mac = ?2",
+            params![segment, mac.to_string()],
+        )?
+        .pop())
+    }
+
+    /// The MAC for the claim's link, unique on its segment.
+    fn pick_mac(&mut self, claim: &Claim) -> Result<Option<MacAddr>, IpamError> {
+        match claim.mac {
+            MacWant::None => Ok(None),
+            MacWant::Requested(mac) => {
+                if let Some(other) = self.mac_holder(&claim.segment, mac)? {
+                    if self.in_the_way(&other)? {
+                        return Err(IpamError::MacTaken {
+                            segment: claim.segment.clone(),
+                            mac,
+                            holder: holder_of(&other),
+                        });
+                    }
+                }
+                Ok(Some(mac))
+            }
+            MacWant::Random => loop {
+                let mac = random_mac()?;
+                if self.mac_holder(&claim.segment, mac)?.is_none() {
+                    return Ok(Some(mac));
+                }
+            },
+        }
+    }
+
+    /// Makes sure `address` is free on the segment, freeing it from a dead owner.
+    fn check_address_free(&mut self, segment: &str, address: IpAddr) -> Result<(), IpamError> {
+        let holder: Option<(String, String, String)> = self
+            .tx
+            .prepare_cached(
+                "SELECT owner, network, ifname FROM leases WHERE segment = ?1 AND key = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![segment, key_of_addr(address)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(db)?;
+        let Some((owner, network, ifname)) = holder else {
+            return Ok(());
+        };
+        let attachment = attachments_where(
+            self.tx,
+            "owner = ?1 AND network = ?2",
+            params![owner, network],
+        )?
+        .pop();
+        // A lease without an attachment cannot be checked: it stays.
+        let in_the_way = match attachment {
+            Some(a) => self.in_the_way(&a)?,
+            None => true,
+        };
+        if in_the_way {
+            return Err(IpamError::Taken {
+                segment: segment.to_string(),
+                address,
+                holder: Holder {
+                    owner,
+                    ifname,
+                    network,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         let wal = self.path.with_extension("db-wal");
@@ -520,31 +835,49 @@ impl LeaseStore for SqliteStore {
         owner: &str,
         netns: &str,
         claims: &[Claim],
-    ) -> Result<Vec<Vec<Lease>>, IpamError> {
+        alive: Liveness<'_>,
+    ) -> Result<Reservation, IpamError> {
         let (mut conn, _queue) = self.writer()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
         let created = now();
-        let lease = |claim: &Claim, address: IpAddr, prefix_len: u8| Lease {
+        let mut r = Reserving {
+            tx: &tx,
+            owner,
+            alive,
+            dropped: Vec::new(),
+        };
+        let mut macs = Vec::with_capacity(claims.len());
+        let mut out: Vec<Vec<Option<Lease>>> =
+            claims.iter().map(|c| vec![None; c.wants.len()]).collect();
+        let lease = |claim: &Claim, mac: Option<MacAddr>, address: IpAddr, prefix_len: u8| Lease {
             network: claim.network.clone(),
+            segment: claim.segment.clone(),
             address,
             prefix_len,
             owner: owner.to_string(),
             ifname: claim.ifname.clone(),
             netns: netns.to_string(),
+            mac,
             created,
         };
-        let mut out: Vec<Vec<Option<Lease>>> =
-            claims.iter().map(|c| vec![None; c.wants.len()]).collect();
 
-        // Attachments and requested addresses first, so that a pooled pick in this
-        // same reservation cannot take an address one of its claims asks for.
+        // Attachments (after the sharing rules, with their MACs) and requested
+        // addresses first, so that a pooled pick in this same reservation
+        // cannot take an address one of its claims asks for.
         for (ci, claim) in claims.iter().enumerate() {
+            if let Some(link) = claim.link {
+                r.check_sharing(claim, link)?;
+            }
+            let mac = r.pick_mac(claim)?;
+            macs.push(mac);
             let inserted = tx
                 .prepare_cached(
-                    "INSERT INTO attachments (owner, network, ifname, netns, created)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (owner, network) DO NOTHING",
+                    "INSERT INTO attachments
+                       (owner, network, ifname, netns, created, segment, driver, mode, mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (owner, network) DO NOTHING",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -552,7 +885,11 @@ impl LeaseStore for SqliteStore {
                         claim.network,
                         claim.ifname,
                         netns,
-                        created as i64
+                        created as i64,
+                        claim.segment,
+                        claim.link.map(|l| l.driver.to_string()),
+                        claim.link.map(|l| l.mode.to_string()),
+                        mac.map(|m| m.to_string()),
                     ])
                 })
                 .map_err(db)?;
@@ -566,25 +903,8 @@ impl LeaseStore for SqliteStore {
                 let Want::Address { address, subnet } = want else {
                     continue;
                 };
-                let holder: Option<(String, String)> = tx
-                    .prepare_cached(
-                        "SELECT owner, ifname FROM leases WHERE network = ?1 AND key = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![claim.network, key_of_addr(*address)], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .optional()
-                    })
-                    .map_err(db)?;
-                if let Some((h_owner, h_ifname)) = holder {
-                    return Err(IpamError::Taken {
-                        network: claim.network.clone(),
-                        address: *address,
-                        holder: format!("{h_owner} ({h_ifname})"),
-                    });
-                }
-                let l = lease(claim, *address, subnet.prefix_len());
+                r.check_address_free(&claim.segment, *address)?;
+                let l = lease(claim, mac, *address, subnet.prefix_len());
                 insert_lease(&tx, &l)?;
                 out[ci][wi] = Some(l);
             }
@@ -594,39 +914,30 @@ impl LeaseStore for SqliteStore {
                 let Want::Pool { ranges } = want else {
                     continue;
                 };
-                let (address, range) = allocate(&tx, &claim.network, ranges)?;
-                let l = lease(claim, address, range.subnet.prefix_len());
+                let (address, range) = allocate(&tx, &claim.segment, &claim.network, ranges)?;
+                let l = lease(claim, macs[ci], address, range.subnet.prefix_len());
                 insert_lease(&tx, &l)?;
                 out[ci][wi] = Some(l);
             }
         }
+        let dropped = std::mem::take(&mut r.dropped);
         tx.commit().map_err(db)?;
-        Ok(out
-            .into_iter()
-            .map(|c| c.into_iter().flatten().collect())
-            .collect())
+        Ok(Reservation {
+            leases: out
+                .into_iter()
+                .map(|c| c.into_iter().flatten().collect())
+                .collect(),
+            macs,
+            dropped,
+        })
     }
 
     fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE owner = ?1 ORDER BY network"
-            ))
-            .map_err(db)?;
-        let rows = stmt.query_map([owner], attachment_of_row).map_err(db)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        attachments_where(&self.conn(), "owner = ?1", [owner])
     }
 
     fn attachments(&self) -> Result<Vec<Attachment>, IpamError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ATTACHMENT_COLUMNS} FROM attachments ORDER BY owner, network"
-            ))
-            .map_err(db)?;
-        let rows = stmt.query_map([], attachment_of_row).map_err(db)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+        attachments_where(&self.conn(), "1", [])
     }
 
     fn release_networks(&self, owner: &str, networks: &[String]) -> Result<Vec<Lease>, IpamError> {
@@ -692,6 +1003,18 @@ impl LeaseStore for SqliteStore {
         Ok(freed.into_iter().next())
     }
 
+    fn lease_of(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases WHERE network = ?1 AND key = ?2"
+            ))
+            .map_err(db)?;
+        stmt.query_row(params![network, key_of_addr(address)], lease_of_row)
+            .optional()
+            .map_err(db)
+    }
+
     fn leases_of(&self, owner: &str) -> Result<Vec<Lease>, IpamError> {
         let conn = self.conn();
         let mut stmt = conn
@@ -701,15 +1024,6 @@ impl LeaseStore for SqliteStore {
             .map_err(db)?;
         let rows = stmt.query_map([owner], lease_of_row).map_err(db)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
-    }
-
-    fn attachment_count(&self, network: &str) -> Result<usize, IpamError> {
-        let conn = self.conn();
-        let count: i64 = conn
-            .prepare_cached("SELECT count(*) FROM attachments WHERE network = ?1")
-            .and_then(|mut stmt| stmt.query_row([network], |r| r.get(0)))
-            .map_err(db)?;
-        Ok(count as usize)
     }
 
     fn record_vlan(&self, name: &str) -> Result<(), IpamError> {
@@ -769,6 +1083,7 @@ mod tests {
     use super::*;
     use crate::config::{Driver, IpamMode, Network, Subnet};
     use crate::ipam::pool::pools_of;
+    use crate::ipam::MacWant;
 
     /// A unique temporary state directory, removed when dropped.
     struct TempDir(PathBuf);
@@ -803,7 +1118,8 @@ mod tests {
     fn subnet(s: &str, gw: Option<&str>, range: Option<&str>, aux: &[&str]) -> Subnet {
         Subnet {
             subnet: net(s),
-            gateway: gw.map(ip),
+            // No gateway unless given: these tests are about the pool arithmetic.
+            gateway: Some(gw.map_or(crate::config::Gateway::None, |g| g.parse().unwrap())),
             ip_range: range.map(net),
             aux_addresses: aux
                 .iter()
@@ -824,7 +1140,29 @@ mod tests {
             subnets,
             internal: false,
             ipam,
+            requests: Default::default(),
         }
+    }
+
+    /// `reserve` with every owner alive, as a test of addresses alone needs;
+    /// a claim without a segment gets one of its network's own.
+    fn reserve(
+        store: &SqliteStore,
+        owner: &str,
+        netns: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<Vec<Lease>>, IpamError> {
+        let claims: Vec<Claim> = claims
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if c.segment.is_empty() {
+                    c.segment = format!("seg-{}", c.network);
+                }
+                c
+            })
+            .collect();
+        Ok(store.reserve(owner, netns, &claims, &mut |_| true)?.leases)
     }
 
     /// The claim an attach of `n` makes: one pooled address per family.
@@ -832,6 +1170,9 @@ mod tests {
         Claim {
             network: n.name.clone(),
             ifname: "eth0".into(),
+            segment: String::new(),
+            link: None,
+            mac: MacWant::None,
             wants: pools_of(n)
                 .into_iter()
                 .map(|ranges| Want::Pool { ranges })
@@ -840,7 +1181,7 @@ mod tests {
     }
 
     fn take(store: &SqliteStore, owner: &str, n: &Network) -> Result<Vec<IpAddr>, IpamError> {
-        let got = store.reserve(owner, "/proc/1/ns/net", &[pool_claim(n)])?;
+        let got = reserve(store, owner, "/proc/1/ns/net", &[pool_claim(n)])?;
         Ok(got[0].iter().map(|l| l.address).collect())
     }
 
@@ -910,14 +1251,15 @@ mod tests {
         let claim = |ifname: &str| Claim {
             network: "lan".into(),
             ifname: ifname.into(),
+            segment: String::new(),
+            link: None,
+            mac: MacWant::None,
             wants: vec![Want::Address {
                 address: ip("192.168.32.140"),
                 subnet: net("192.168.32.0/24"),
             }],
         };
-        let got = s
-            .reserve("ctr-a", "/run/netns/a", &[claim("eth1")])
-            .unwrap();
+        let got = reserve(&s, "ctr-a", "/run/netns/a", &[claim("eth1")]).unwrap();
         assert_eq!(got.len(), 1);
         let l = &got[0][0];
         assert_eq!((l.address, l.prefix_len), (ip("192.168.32.140"), 24));
@@ -927,13 +1269,11 @@ mod tests {
         );
         assert_eq!(s.leases(Some("lan")).unwrap(), got[0]);
 
-        let err = s
-            .reserve("ctr-b", "/run/netns/b", &[claim("eth0")])
-            .unwrap_err();
+        let err = reserve(&s, "ctr-b", "/run/netns/b", &[claim("eth0")]).unwrap_err();
         assert!(matches!(err, IpamError::Taken { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "address 192.168.32.140 of network lan is taken by ctr-a (eth1)"
+            "address 192.168.32.140 is taken on parent seg-lan by ctr-a (eth1, network lan)"
         );
         assert!(
             s.attachments_of("ctr-b").unwrap().is_empty(),
@@ -959,9 +1299,7 @@ mod tests {
         );
 
         // Same owner attached twice to one network is refused.
-        let err = s
-            .reserve("ctr-a", "/run/netns/a", &[claim("eth1")])
-            .unwrap_err();
+        let err = reserve(&s, "ctr-a", "/run/netns/a", &[claim("eth1")]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "lease store: owner ctr-a already attached to network lan"
@@ -980,6 +1318,9 @@ mod tests {
         let claim = Claim {
             network: "n".into(),
             ifname: "eth0".into(),
+            segment: String::new(),
+            link: None,
+            mac: MacWant::None,
             wants: vec![
                 Want::Pool {
                     ranges: pools_of(&n).remove(0),
@@ -990,7 +1331,7 @@ mod tests {
                 },
             ],
         };
-        let got = s.reserve("o", "ns", &[claim]).unwrap();
+        let got = reserve(&s, "o", "ns", &[claim]).unwrap();
         let addrs: Vec<IpAddr> = got[0].iter().map(|l| l.address).collect();
         assert_eq!(
             addrs,
@@ -1134,7 +1475,7 @@ mod tests {
             ],
             IpamMode::Pool,
         );
-        let got = s.reserve("c", "ns", &[pool_claim(&n)]).unwrap();
+        let got = reserve(&s, "c", "ns", &[pool_claim(&n)]).unwrap();
         let got: Vec<(IpAddr, u8)> = got[0].iter().map(|l| (l.address, l.prefix_len)).collect();
         assert_eq!(got, vec![(ip("192.168.32.2"), 24), (ip("2001:db8::2"), 64)]);
         let all = s.leases(None).unwrap();
@@ -1179,7 +1520,7 @@ mod tests {
             vec![subnet("10.0.0.0/24", None, None, &[])],
             IpamMode::Static,
         );
-        let got = s.reserve("c", "ns", &[pool_claim(&n)]).unwrap();
+        let got = reserve(&s, "c", "ns", &[pool_claim(&n)]).unwrap();
         assert_eq!(got, vec![Vec::<Lease>::new()]);
         assert!(s.leases(None).unwrap().is_empty());
         assert_eq!(
@@ -1208,9 +1549,8 @@ mod tests {
         );
         let mut cb = pool_claim(&b);
         cb.ifname = "eth1".into();
-        s.reserve("x", "nsx", &[pool_claim(&a), cb.clone()])
-            .unwrap();
-        s.reserve("y", "nsy", &[pool_claim(&a)]).unwrap();
+        reserve(&s, "x", "nsx", &[pool_claim(&a), cb.clone()]).unwrap();
+        reserve(&s, "y", "nsy", &[pool_claim(&a)]).unwrap();
         let atts = s.attachments().unwrap();
         let keys: Vec<(&str, &str)> = atts
             .iter()
@@ -1238,7 +1578,7 @@ mod tests {
         assert!(s.leases(None).unwrap().iter().all(|l| l.owner == "y"));
         assert_eq!(s.leases(Some("a")).unwrap().len(), 2);
         // Re-attaching after release works.
-        s.reserve("x", "nsx", &[cb]).unwrap();
+        reserve(&s, "x", "nsx", &[cb]).unwrap();
     }
 
     #[test]
@@ -1250,12 +1590,16 @@ mod tests {
             vec![subnet("10.0.0.0/24", None, None, &[])],
             IpamMode::Pool,
         );
-        s.reserve(
+        reserve(
+            &s,
             "holder",
             "ns",
             &[Claim {
                 network: "m".into(),
                 ifname: "eth0".into(),
+                segment: String::new(),
+                link: None,
+                mac: MacWant::None,
                 wants: vec![Want::Address {
                     address: ip("10.9.0.9"),
                     subnet: net("10.9.0.0/24"),
@@ -1268,6 +1612,9 @@ mod tests {
             Claim {
                 network: "m".into(),
                 ifname: "eth1".into(),
+                segment: String::new(),
+                link: None,
+                mac: MacWant::None,
                 wants: vec![
                     Want::Address {
                         address: ip("10.9.0.8"),
@@ -1280,7 +1627,7 @@ mod tests {
                 ],
             },
         ];
-        let err = s.reserve("c", "ns", &claims).unwrap_err();
+        let err = reserve(&s, "c", "ns", &claims).unwrap_err();
         assert!(matches!(err, IpamError::Taken { .. }), "{err:?}");
         assert!(s.attachments_of("c").unwrap().is_empty());
         assert!(s.leases(Some("n")).unwrap().is_empty());
@@ -1459,10 +1806,13 @@ mod tests {
         let bulk = Claim {
             network: "big".into(),
             ifname: "eth0".into(),
+            segment: String::new(),
+            link: None,
+            mac: MacWant::None,
             wants: vec![Want::Pool { ranges }; 30_000],
         };
         let t = Instant::now();
-        s.reserve("bulk", "ns", &[bulk]).unwrap();
+        reserve(&s, "bulk", "ns", &[bulk]).unwrap();
         let bulk_time = t.elapsed();
         drop(s);
         let t = Instant::now();
@@ -1497,5 +1847,333 @@ mod tests {
              bulk 30k {bulk_time:?}, reserve {per_reserve:?}, release {per_release:?}, \
              reserve after wrap over 30k run {wrap:?}, list {list:?}"
         );
+    }
+
+    /// A link claim of `network` on `segment` wanting `wants`.
+    fn link_claim(
+        network: &str,
+        segment: &str,
+        link: LinkSpec,
+        mac: MacWant,
+        wants: Vec<Want>,
+    ) -> Claim {
+        Claim {
+            network: network.into(),
+            segment: segment.into(),
+            ifname: "eth0".into(),
+            link: Some(link),
+            mac,
+            wants,
+        }
+    }
+
+    fn static_want(a: &str) -> Want {
+        Want::Address {
+            address: ip(a),
+            subnet: net("10.0.0.0/24"),
+        }
+    }
+
+    const BRIDGE: LinkSpec = LinkSpec {
+        driver: Driver::Macvlan,
+        mode: crate::config::Mode::Bridge,
+    };
+
+    #[test]
+    fn one_segment_is_one_address_space_across_networks() {
+        let dir = TempDir::new("segment");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let a = link_claim(
+            "a",
+            "lan0",
+            BRIDGE,
+            MacWant::Random,
+            vec![static_want("10.0.0.50")],
+        );
+        s.reserve("c1", "net:[1]#1", &[a], &mut |_| true).unwrap();
+        // Another network on the same parent cannot have the address...
+        let b = link_claim(
+            "b",
+            "lan0",
+            BRIDGE,
+            MacWant::Random,
+            vec![static_want("10.0.0.50")],
+        );
+        let err = s
+            .reserve("c2", "net:[2]#2", &[b], &mut |_| true)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "address 10.0.0.50 is taken on parent lan0 by c1 (eth0, network a)"
+        );
+        // ...nor can its pool hand it out; another parent can.
+        let n = network(
+            "b",
+            vec![subnet("10.0.0.0/24", None, Some("10.0.0.50/31"), &[])],
+            IpamMode::Pool,
+        );
+        let pool = |seg: &str| {
+            link_claim(
+                "b",
+                seg,
+                BRIDGE,
+                MacWant::Random,
+                vec![Want::Pool {
+                    ranges: pools_of(&n).remove(0),
+                }],
+            )
+        };
+        let got = s
+            .reserve("c3", "net:[3]#3", &[pool("lan0")], &mut |_| true)
+            .unwrap();
+        assert_eq!(got.leases[0][0].address, ip("10.0.0.51"));
+        let got = s
+            .reserve("c4", "net:[4]#4", &[pool("lan1")], &mut |_| true)
+            .unwrap();
+        assert_eq!(got.leases[0][0].address, ip("10.0.0.50"));
+        assert_eq!(s.leases(Some("b")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_dead_holder_is_freed_a_live_one_refuses() {
+        let dir = TempDir::new("dead");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let claim = |net: &str| {
+            link_claim(
+                net,
+                "lan0",
+                BRIDGE,
+                MacWant::Random,
+                vec![static_want("10.0.0.7")],
+            )
+        };
+        s.reserve("old", "net:[1]#1", &[claim("a")], &mut |_| true)
+            .unwrap();
+        let mut asked = Vec::new();
+        let err = s
+            .reserve("new", "net:[2]#2", &[claim("b")], &mut |a| {
+                asked.push(a.owner.clone());
+                true
+            })
+            .unwrap_err();
+        assert!(matches!(err, IpamError::Taken { .. }), "{err}");
+        assert_eq!(asked, ["old"]);
+        let got = s
+            .reserve("new", "net:[2]#2", &[claim("b")], &mut |a| a.owner != "old")
+            .unwrap();
+        assert_eq!(got.dropped.len(), 1);
+        assert_eq!(got.dropped[0].owner, "old");
+        let owners: Vec<String> = s
+            .leases(None)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.owner)
+            .collect();
+        assert_eq!(owners, ["new"]);
+        assert!(s.attachments_of("old").unwrap().is_empty());
+    }
+
+    #[test]
+    fn sharing_rules_are_checked_in_the_transaction_with_liveness() {
+        use crate::config::Mode;
+        let dir = TempDir::new("sharing");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let ipvlan = |mode| LinkSpec {
+            driver: Driver::Ipvlan,
+            mode,
+        };
+        let l2 = link_claim("v2", "eth1", ipvlan(Mode::L2), MacWant::None, vec![]);
+        let l3 = link_claim("v3", "eth1", ipvlan(Mode::L3), MacWant::None, vec![]);
+        s.reserve("c1", "net:[1]#1", std::slice::from_ref(&l2), &mut |_| true)
+            .unwrap();
+        s.reserve("c2", "net:[2]#2", std::slice::from_ref(&l2), &mut |_| true)
+            .unwrap();
+        let err = s
+            .reserve("c3", "net:[3]#3", std::slice::from_ref(&l3), &mut |_| true)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("network v3: parent eth1 carries a ipvlan l2 link of c1"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("one ipvlan mode"), "{err}");
+        // Only when every l2 owner is dead does l3 get the parent.
+        s.reserve("c3", "net:[3]#3", std::slice::from_ref(&l3), &mut |a| {
+            a.owner == "c2"
+        })
+        .unwrap_err();
+        let got = s.reserve("c3", "net:[3]#3", &[l3], &mut |_| false).unwrap();
+        assert_eq!(got.dropped.len(), 2);
+        // Passthru wants the parent alone, even beside its own network.
+        let pt = LinkSpec {
+            driver: Driver::Macvlan,
+            mode: Mode::Passthru,
+        };
+        let p = link_claim("pt", "eth2", pt, MacWant::None, vec![]);
+        s.reserve("c4", "net:[4]#4", std::slice::from_ref(&p), &mut |_| true)
+            .unwrap();
+        let err = s
+            .reserve("c5", "net:[5]#5", &[p], &mut |_| true)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("passthru needs the parent"),
+            "{err}"
+        );
+        // A reservation is no link and clashes with nothing.
+        let mut r = link_claim("pt", "eth2", pt, MacWant::None, vec![]);
+        r.link = None;
+        s.reserve("printer", "", &[r], &mut |_| true).unwrap();
+    }
+
+    #[test]
+    fn macs_are_unique_per_segment_and_recorded() {
+        let dir = TempDir::new("macs");
+        let s = SqliteStore::open(&dir.0).unwrap();
+        let mac = MacAddr([0x02, 0, 0, 0xaa, 0xbb, 0x01]);
+        let n = network(
+            "a",
+            vec![subnet("10.0.0.0/24", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let claim = |net: &str, seg: &str, m| {
+            link_claim(
+                net,
+                seg,
+                BRIDGE,
+                m,
+                vec![Want::Pool {
+                    ranges: pools_of(&n).remove(0),
+                }],
+            )
+        };
+        let got = s
+            .reserve(
+                "c1",
+                "net:[1]#1",
+                &[claim("a", "lan0", MacWant::Requested(mac))],
+                &mut |_| true,
+            )
+            .unwrap();
+        assert_eq!(got.macs, [Some(mac)]);
+        assert_eq!(got.leases[0][0].mac, Some(mac));
+        assert_eq!(s.attachments_of("c1").unwrap()[0].mac, Some(mac));
+        let err = s
+            .reserve(
+                "c2",
+                "net:[2]#2",
+                &[claim("b", "lan0", MacWant::Requested(mac))],
+                &mut |_| true,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "MAC 02:00:00:aa:bb:01 is in use on parent lan0 by c1 (eth0, network a)"
+        );
+        // Another segment may use it; a dead holder is no obstacle.
+        s.reserve(
+            "c3",
+            "net:[3]#3",
+            &[claim("a", "lan1", MacWant::Requested(mac))],
+            &mut |_| true,
+        )
+        .unwrap();
+        s.reserve(
+            "c2",
+            "net:[2]#2",
+            &[claim("b", "lan0", MacWant::Requested(mac))],
+            &mut |a| a.owner != "c1",
+        )
+        .unwrap();
+        // Random MACs: unicast, locally administered, distinct.
+        let mut seen = HashSet::new();
+        for i in 0..50 {
+            let got = s
+                .reserve(
+                    &format!("r{i}"),
+                    "net:[9]#9",
+                    &[claim("a", "lan0", MacWant::Random)],
+                    &mut |_| true,
+                )
+                .unwrap();
+            let m = got.macs[0].unwrap();
+            assert!(m.check_assignable().is_ok(), "{m}");
+            assert!(seen.insert(m));
+        }
+    }
+
+    #[test]
+    fn version_2_databases_are_migrated_without_losing_a_lease() {
+        let dir = TempDir::new("migrate");
+        fs::create_dir_all(&dir.0).unwrap();
+        {
+            let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE leases (network TEXT NOT NULL, key BLOB NOT NULL, address TEXT NOT NULL,
+                   prefix_len INTEGER NOT NULL, owner TEXT NOT NULL, ifname TEXT NOT NULL,
+                   netns TEXT NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (network, key)) WITHOUT ROWID;
+                 CREATE INDEX leases_owner ON leases (owner, network);
+                 CREATE TABLE attachments (owner TEXT NOT NULL, network TEXT NOT NULL, ifname TEXT NOT NULL,
+                   netns TEXT NOT NULL, created INTEGER NOT NULL, PRIMARY KEY (owner, network)) WITHOUT ROWID;
+                 CREATE TABLE cursors (network TEXT NOT NULL, range TEXT NOT NULL, last BLOB NOT NULL,
+                   PRIMARY KEY (network, range)) WITHOUT ROWID;
+                 CREATE INDEX attachments_network ON attachments (network);
+                 CREATE TABLE vlans (name TEXT NOT NULL PRIMARY KEY, created INTEGER NOT NULL) WITHOUT ROWID;
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+            // c1 on a and c2 on b hold one address; a and b turn out to share lan0.
+            for (owner, network, addr) in [
+                ("c1", "a", "10.0.0.5"),
+                ("c2", "b", "10.0.0.5"),
+                ("c3", "gone", "10.0.0.5"),
+            ] {
+                conn.execute(
+                    "INSERT INTO leases VALUES (?1, ?2, ?3, 24, ?4, 'eth0', 'net:[1]#1', 0)",
+                    params![network, key_of_addr(ip(addr)), addr, owner],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO attachments VALUES (?1, ?2, 'eth0', 'net:[1]#1', 0)",
+                    params![owner, network],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open_with(&dir.0, &|n| {
+            (n != "gone").then(|| ("lan0".to_string(), BRIDGE))
+        })
+        .unwrap();
+        let leases = s.leases(None).unwrap();
+        let got: Vec<(&str, &str)> = leases
+            .iter()
+            .map(|l| (l.owner.as_str(), l.segment.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c1", "lan0"),
+                ("c2", "duplicate:b"),
+                ("c3", "network:gone")
+            ]
+        );
+        let a = &s.attachments_of("c1").unwrap()[0];
+        assert_eq!((a.segment.as_str(), a.link), ("lan0", Some(BRIDGE)));
+        // The migrated store goes on working.
+        let err = s
+            .reserve(
+                "c4",
+                "net:[4]#4",
+                &[link_claim(
+                    "a",
+                    "lan0",
+                    BRIDGE,
+                    MacWant::None,
+                    vec![static_want("10.0.0.5")],
+                )],
+                &mut |_| true,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("by c1"), "{err}");
     }
 }

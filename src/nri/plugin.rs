@@ -86,7 +86,8 @@ impl Plugin {
         }
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("create state directory {}", state_dir.display()))?;
-        let store = Arc::new(SqliteStore::open(&state_dir)?);
+        let networks = NetworkDir::new(self.paths().config_dir);
+        let store = Arc::new(SqliteStore::open_for(&state_dir, &networks)?);
         *slot = Some((state_dir, store.clone()));
         Ok(store)
     }
@@ -245,7 +246,7 @@ impl Connection {
         let mut released = 0;
         for id in marked.iter().filter(|id| !alive.contains(id.as_str())) {
             if holders.contains(id) {
-                let leases = engine::release(&*store, id)?;
+                let leases = engine::release(&*store, id, None)?;
                 nri_log!(
                     info,
                     "synchronize: pod {id} is gone: released {}",
@@ -332,7 +333,10 @@ impl Connection {
         let released = self
             .plugin
             .store()
-            .and_then(|store| engine::release(&*store, &pod.id))
+            .and_then(|store| {
+                let hint = (!pod.netns.is_empty()).then(|| Path::new(&pod.netns));
+                engine::release(&*store, &pod.id, hint)
+            })
             .map_err(|e| {
                 nri_log!(error, "pod {} ({}): release: {e:#}", pod.label, pod.id);
                 RpcError::new(
