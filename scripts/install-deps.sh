@@ -12,6 +12,7 @@ packages=(
     iproute2           # ip: the tests build fake LANs in network namespaces
     util-linux         # nsenter, unshare, mountpoint
     iputils-ping       # ping from test namespaces
+    iputils-arping     # arping: the address-safety tests count ARP answers on the wire
     jq                 # scripts/demo.sh edits config.json
     runc               # OCI runtime under test
     crun               # OCI runtime under test

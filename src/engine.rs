@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netlink_packet_route::link::{IpVlanFlags, IpVlanMode, MacVlanMode};
@@ -390,8 +391,7 @@ fn create_link(
         mtu: net.mtu,
         netns_fd: Some(target.raw_fd()),
     };
-    host.create_link(&new)
-        .map_err(|e| explain_create_error(net, e))?;
+    create_with_teardown_retry(host, &new).map_err(|e| explain_create_error(net, e))?;
     let link = inside.link_by_name(&tmp)?.ok_or_else(|| {
         anyhow!(
             "network {}: new link {tmp} not found in the netns",
@@ -399,6 +399,33 @@ fn create_link(
         )
     })?;
     Ok(link.index)
+}
+
+/// How long a sharing refusal of the kernel is retried. The kernel tears a
+/// deleted netns's links down asynchronously (tens of ms), so right after a
+/// container died (its leases freed at poststop, or its record dropped as
+/// dead) the parent may still carry its links for a moment. Kept well inside
+/// the NRI request deadline (2 s).
+const KERNEL_TEARDOWN_WAIT: Duration = Duration::from_millis(500);
+
+/// `create_link`, retried with a growing pause while the kernel refuses the
+/// parent sharing (EBUSY: another link kind or ipvlan mode; EINVAL: passthru
+/// against other macvlans), until [`KERNEL_TEARDOWN_WAIT`] has passed.
+fn create_with_teardown_retry(host: &mut Netlink, new: &NewLink<'_>) -> Result<(), NetlinkError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match host.create_link(new) {
+            Err(e)
+                if matches!(e.errno(), Some(libc::EBUSY | libc::EINVAL))
+                    && start.elapsed() + pause <= KERNEL_TEARDOWN_WAIT =>
+            {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Rename, sysctls, addresses, up.

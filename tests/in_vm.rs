@@ -339,6 +339,92 @@ fn one_parent_carries_one_driver_and_one_ipvlan_mode() {
     assert!(common::ping_from(&a.name, GW4));
 }
 
+/// Concurrent attaches through an l2 and an l3 ipvlan network on one parent:
+/// the kernel would switch the parent's mode for every slave when an l3 slave
+/// joins l2 ones, so the sharing check and the record of each attachment must
+/// be one transaction. Whatever the interleaving, the winners are all of one
+/// network, every slave keeps its network's mode, losers are left bare and
+/// hold nothing, and no address is given twice.
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn concurrent_conflicting_ipvlan_attaches_never_switch_a_mode() {
+    let lan = FakeLan::new();
+    ipvlan_network(&lan, "l2net", "l2", "bridge");
+    ipvlan_network(&lan, "l3net", "l3", "bridge");
+    for round in 0..3 {
+        let spaces: Vec<(Netns, &str)> = (0..16)
+            .map(|i| {
+                let network = if i % 2 == 0 { "l2net" } else { "l3net" };
+                (lan.container_ns(&format!("r{round}n{i}")), network)
+            })
+            .collect();
+        let outcomes: Vec<(usize, std::process::Output)> = std::thread::scope(|s| {
+            let handles: Vec<_> = spaces
+                .iter()
+                .enumerate()
+                .map(|(i, (ns, network))| {
+                    let lan = &lan;
+                    s.spawn(move || {
+                        let id = format!("r{round}c{i}");
+                        let args = ["attach", "--netns", ns.path_str(), "--id", &id, network];
+                        (i, lan.netattach(&args))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut winners = std::collections::BTreeSet::new();
+        let mut won = 0;
+        for (i, out) in &outcomes {
+            let (ns, network) = &spaces[*i];
+            if out.status.success() {
+                won += 1;
+                winners.insert(*network);
+                let link = common::link_json(&ns.name, "eth0");
+                let mode = if *network == "l2net" { "l2" } else { "l3" };
+                assert_eq!(
+                    link["linkinfo"]["info_data"]["mode"], mode,
+                    "round {round}: {} of {network} after all attaches: {link}",
+                    ns.name
+                );
+            } else {
+                let err = common::stderr(out);
+                assert!(err.contains("one ipvlan mode"), "round {round}: {err}");
+                assert_bare(ns);
+                assert!(leases_of(&lan, &format!("r{round}c{i}")).is_empty());
+            }
+        }
+        assert!(won > 0, "round {round}: some attach succeeds");
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: winners of one network: {winners:?}"
+        );
+        let leases = lan.leases_json();
+        let addresses: std::collections::BTreeSet<&str> = leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["address"].as_str().unwrap())
+            .collect();
+        // Dual stack: one IPv4 and one IPv6 lease per winner, none shared.
+        assert_eq!(
+            leases.as_array().unwrap().len(),
+            2 * won,
+            "round {round}: {leases}"
+        );
+        assert_eq!(
+            addresses.len(),
+            2 * won,
+            "round {round}: distinct addresses"
+        );
+        for (i, _) in outcomes.iter().filter(|(_, o)| o.status.success()) {
+            lan.netattach_ok(&["detach", "--id", &format!("r{round}c{i}")]);
+        }
+        assert!(lan.leases_json().as_array().unwrap().is_empty());
+    }
+}
+
 /// The LAN side of VLANs 50 and 60: each VLAN's end of `gw0` in a peer netns
 /// of its own, both with addresses of one subnet, so only the tag separates them.
 struct VlanPeers {

@@ -771,3 +771,71 @@ fn run_pod_sandbox_latency() {
         }
     }
 }
+
+/// The MACs that answer an ARP request for `addr` from the gateway's netns.
+fn arp_answerers(lan: &FakeLan, addr: &str) -> Vec<String> {
+    let out = common::exec_in(
+        lan.ext_ns(),
+        &["arping", "-c", "3", "-w", "3", "-I", "gw0", addr],
+    );
+    let mut macs: Vec<String> = common::stdout(&out)
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| Some(l[l.find('[')? + 1..l.find(']')?].to_ascii_lowercase()))
+        .collect();
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
+#[test]
+fn one_address_on_the_wire_through_two_networks_and_after_removal() {
+    if common::skip_unless_root()
+        || common::skip_unless(
+            common::have("arping"),
+            "arping (iputils-arping) is not installed",
+        )
+    {
+        return;
+    }
+    let lan = lan_with_network();
+    lan.create_network("other", &[]);
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+
+    let ns_a = lan.container_ns("a");
+    let a = Pod::new("poda", ns_a.path_str())
+        .annotate(ANNOTATION, r#"[{"name":"lan","ips":["192.168.32.78/24"]}]"#);
+    rt.run_pod(&a).expect("RunPodSandbox a");
+    let ns_b = lan.container_ns("b");
+    let b = Pod::new("podb", ns_b.path_str()).annotate(
+        ANNOTATION,
+        r#"[{"name":"other","ips":["192.168.32.78/24"]}]"#,
+    );
+    let (_, message) = rt
+        .run_pod(&b)
+        .expect_err("the same address through another network");
+    assert!(
+        message.contains("192.168.32.78") && message.contains("poda"),
+        "{message}"
+    );
+    assert_eq!(common::link_names(&ns_b.name), vec!["lo"]);
+    let mac_a = common::link_json(&ns_a.name, "eth0")["address"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert_eq!(arp_answerers(&lan, "192.168.32.78"), vec![mac_a]);
+
+    // The pod's netns outlives the RemovePodSandbox (it is bind-mounted here):
+    // the interface goes with the lease, so the address leaves the wire.
+    rt.remove_pod(&a.as_sent_on_removal()).unwrap();
+    assert!(leases_of(&lan, "poda").is_empty());
+    assert_eq!(common::link_names(&ns_a.name), vec!["lo"]);
+    assert!(arp_answerers(&lan, "192.168.32.78").is_empty());
+    rt.run_pod(&b).expect("the freed address for pod b");
+    assert_eq!(common::addrs(&ns_b.name, "eth0"), vec!["192.168.32.78/24"]);
+    rt.remove_pod(&b.as_sent_on_removal()).unwrap();
+    assert_clean_framing(&rt);
+}
