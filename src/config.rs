@@ -660,20 +660,52 @@ pub enum ConfigError {
     NotFound(String),
     #[error("network {0:?} already exists")]
     Exists(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    // The causes are part of the message and deliberately not `#[source]`s:
+    // an error chain printed with `{:#}` would repeat them otherwise.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{path}: {error}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Invalid {
         path: PathBuf,
-        source: InvalidNetwork,
+        error: InvalidNetwork,
     },
     #[error(transparent)]
     Definition(#[from] InvalidNetwork),
+}
+
+/// The loadable networks of a directory and the files that are not.
+#[derive(Debug, Default)]
+pub struct Definitions {
+    pub networks: Vec<Network>,
+    pub broken: Vec<BrokenDefinition>,
+}
+
+/// A definition file that does not load, with the reason.
+#[derive(Debug)]
+pub struct BrokenDefinition {
+    /// The network name its file name gives.
+    pub name: String,
+    pub error: ConfigError,
+}
+
+impl Definitions {
+    /// One line per broken file, for a face to print or log.
+    pub fn warnings(&self) -> Vec<String> {
+        self.broken
+            .iter()
+            .map(|b| {
+                format!(
+                    "skipped the broken definition of network {}: {} (`netattach network rm {}` removes it)",
+                    b.name, b.error, b.name
+                )
+            })
+            .collect()
+    }
 }
 
 /// The directory of network definitions, one `<name>.json` per network.
@@ -707,20 +739,20 @@ impl NetworkDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotFound(name.to_string()))
             }
-            Err(source) => return Err(ConfigError::Io { path, source }),
+            Err(error) => return Err(ConfigError::Io { path, error }),
         };
-        let net: Network = serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse {
+        let net: Network = serde_json::from_slice(&bytes).map_err(|error| ConfigError::Parse {
             path: path.clone(),
-            source,
+            error,
         })?;
-        net.validate().map_err(|source| ConfigError::Invalid {
+        net.validate().map_err(|error| ConfigError::Invalid {
             path: path.clone(),
-            source,
+            error,
         })?;
         if net.name != name {
             return Err(ConfigError::Invalid {
                 path,
-                source: invalid(
+                error: invalid(
                     "name",
                     format!("{:?} does not match the file name", net.name),
                 ),
@@ -729,15 +761,18 @@ impl NetworkDir {
         Ok(net)
     }
 
-    /// Every network, sorted by name. A broken file is an error, not silently skipped.
-    pub fn list(&self) -> Result<Vec<Network>, ConfigError> {
+    /// Every network, sorted by name. Each file loads on its own: a broken
+    /// one is set aside in [`Definitions::broken`] (for the faces to warn
+    /// about, `ls` and `doctor` to show, `rm` to remove) and does not stop the
+    /// others. Only an unreadable directory is an error.
+    pub fn list(&self) -> Result<Definitions, ConfigError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Definitions::default()),
+            Err(error) => {
                 return Err(ConfigError::Io {
                     path: self.dir.clone(),
-                    source,
+                    error,
                 })
             }
         };
@@ -750,16 +785,25 @@ impl NetworkDir {
             .filter(|n| valid_network_name(n))
             .collect();
         names.sort();
-        names.iter().map(|n| self.load(n)).collect()
+        let mut defs = Definitions::default();
+        for name in names {
+            match self.load(&name) {
+                Ok(net) => defs.networks.push(net),
+                // Gone between readdir and open: a concurrent `network rm`.
+                Err(ConfigError::NotFound(_)) => {}
+                Err(error) => defs.broken.push(BrokenDefinition { name, error }),
+            }
+        }
+        Ok(defs)
     }
 
     /// Writes a new network atomically (temp file + rename); refuses to overwrite.
     pub fn create(&self, net: &Network) -> Result<PathBuf, ConfigError> {
         net.validate()?;
         let path = self.file_of(&net.name)?;
-        fs::create_dir_all(&self.dir).map_err(|source| ConfigError::Io {
+        fs::create_dir_all(&self.dir).map_err(|error| ConfigError::Io {
             path: self.dir.clone(),
-            source,
+            error,
         })?;
         // pid + counter: unique across processes and across threads of one process.
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -769,9 +813,9 @@ impl NetworkDir {
             net.name,
             std::process::id()
         ));
-        let io_err = |source| ConfigError::Io {
+        let io_err = |error| ConfigError::Io {
             path: tmp.clone(),
-            source,
+            error,
         };
         let mut body = serde_json::to_vec_pretty(net).expect("network serializes");
         body.push(b'\n');
@@ -791,11 +835,11 @@ impl NetworkDir {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(ConfigError::Exists(net.name.clone()))
             }
-            Err(source) => Err(ConfigError::Io { path, source }),
+            Err(error) => Err(ConfigError::Io { path, error }),
         }
     }
 
-    /// Removes a network's definition.
+    /// Removes a network's definition (also a broken one).
     pub fn remove(&self, name: &str) -> Result<(), ConfigError> {
         let path = self.file_of(name)?;
         match fs::remove_file(&path) {
@@ -803,7 +847,7 @@ impl NetworkDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(ConfigError::NotFound(name.to_string()))
             }
-            Err(source) => Err(ConfigError::Io { path, source }),
+            Err(error) => Err(ConfigError::Io { path, error }),
         }
     }
 }
@@ -1252,7 +1296,7 @@ mod tests {
         let tmp = TempDir::new("crud");
         // The directory does not exist yet: empty list, not an error.
         let dir = NetworkDir::new(tmp.0.join("networks.d"));
-        assert!(dir.list().unwrap().is_empty());
+        assert!(dir.list().unwrap().networks.is_empty());
         assert!(matches!(dir.load("lan"), Err(ConfigError::NotFound(n)) if n == "lan"));
 
         let path = dir.create(&lan()).unwrap();
@@ -1265,7 +1309,13 @@ mod tests {
         assert_eq!(dir.load("lan").unwrap().mtu, Some(1500));
 
         dir.create(&ipvlan()).unwrap();
-        let names: Vec<String> = dir.list().unwrap().into_iter().map(|n| n.name).collect();
+        let names: Vec<String> = dir
+            .list()
+            .unwrap()
+            .networks
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         assert_eq!(names, ["iv", "lan"]);
         // No temp files left behind; stray files that are not <name>.json are ignored.
         let mut files: Vec<String> = fs::read_dir(dir.path())
@@ -1276,12 +1326,12 @@ mod tests {
         assert_eq!(files, ["iv.json", "lan.json"]);
         fs::write(dir.path().join("README"), "x").unwrap();
         fs::write(dir.path().join(".lan.json.tmp1.0"), "{").unwrap();
-        assert_eq!(dir.list().unwrap().len(), 2);
+        assert_eq!(dir.list().unwrap().networks.len(), 2);
 
         dir.remove("lan").unwrap();
         assert!(matches!(dir.remove("lan"), Err(ConfigError::NotFound(_))));
         assert!(matches!(dir.load("lan"), Err(ConfigError::NotFound(_))));
-        assert_eq!(dir.list().unwrap().len(), 1);
+        assert_eq!(dir.list().unwrap().networks.len(), 1);
     }
 
     #[test]
@@ -1306,7 +1356,7 @@ mod tests {
         assert!(dir.create(&n).is_err());
         assert!(!tmp.0.join("../evil.json").exists());
         // Nothing was written for refused definitions.
-        assert!(dir.list().unwrap().is_empty());
+        assert!(dir.list().unwrap().networks.is_empty());
     }
 
     #[test]
@@ -1339,7 +1389,7 @@ mod tests {
         fs::write(tmp.0.join("other.json"), good).unwrap();
         let e = dir.load("other").unwrap_err();
         assert!(
-            matches!(&e, ConfigError::Invalid { source, .. } if source.field == "name"),
+            matches!(&e, ConfigError::Invalid { error, .. } if error.field == "name"),
             "{e}"
         );
         assert!(
@@ -1355,16 +1405,33 @@ mod tests {
         .unwrap();
         let e = dir.load("bad").unwrap_err();
         assert!(
-            matches!(&e, ConfigError::Invalid { source, .. } if source.field == "mode"),
+            matches!(&e, ConfigError::Invalid { error, .. } if error.field == "mode"),
             "{e}"
         );
 
-        // list reports a broken file instead of skipping it.
-        assert!(dir.list().is_err());
+        // list loads each file on its own: the good one, and the broken
+        // ones named with their reason, each said once.
+        let defs = dir.list().unwrap();
+        let names: Vec<&str> = defs.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["lan"]);
+        let broken: Vec<&str> = defs.broken.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(broken, ["bad", "other", "typo"]);
+        for w in defs.warnings() {
+            assert!(w.contains("netattach network rm"), "{w}");
+        }
+        let chain = format!("{:#}", anyhow::Error::new(dir.load("typo").unwrap_err()));
+        assert_eq!(
+            chain.matches("gw").count(),
+            1,
+            "a cause is said once: {chain}"
+        );
+        // rm removes a broken definition.
+        dir.remove("typo").unwrap();
+        fs::write(tmp.0.join("typo.json"), "{").unwrap();
         fs::remove_file(tmp.0.join("bad.json")).unwrap();
         fs::remove_file(tmp.0.join("typo.json")).unwrap();
         fs::remove_file(tmp.0.join("other.json")).unwrap();
-        assert_eq!(dir.list().unwrap().len(), 1);
+        assert_eq!(dir.list().unwrap().networks.len(), 1);
     }
 
     #[test]

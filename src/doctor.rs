@@ -5,7 +5,7 @@ use anyhow::Result;
 use netlink_packet_route::link::InfoKind;
 use serde::Serialize;
 
-use crate::config::{parse_vlan_parent, Driver, Mode, Network};
+use crate::config::{parse_vlan_parent, BrokenDefinition, Driver, Mode, Network};
 use crate::ipam::LeaseStore;
 use crate::netlink::Netlink;
 use crate::netns;
@@ -67,6 +67,19 @@ pub struct ParentState {
     pub state: String,
     /// Problems an attach would run into, in words.
     pub problems: Vec<String>,
+}
+
+/// The report line of a definition file that does not load.
+pub fn broken_definition(b: &BrokenDefinition) -> ParentState {
+    ParentState {
+        network: b.name.clone(),
+        parent: "?".into(),
+        state: "broken definition".into(),
+        problems: vec![format!(
+            "{}; attaches to other networks skip it (`netattach network rm {}` removes it)",
+            b.error, b.name
+        )],
+    }
 }
 
 /// Checks every network's parent in the current (host) netns.

@@ -32,6 +32,15 @@ pub struct AttachedLink {
     pub existing: bool,
 }
 
+/// What an attach did, and what it had to pass over on the way.
+#[derive(Debug, Default)]
+pub struct Attached {
+    pub links: Vec<AttachedLink>,
+    /// Definitions of other networks that did not load and were skipped,
+    /// one line each, for the face to print or log.
+    pub warnings: Vec<String>,
+}
+
 /// Attaches `owner` (container or pod id) in `target` to the requested networks.
 pub fn attach(
     networks: &NetworkDir,
@@ -39,7 +48,7 @@ pub fn attach(
     owner: &str,
     target: &Netns,
     requests: &[NetworkRequest],
-) -> Result<Vec<AttachedLink>> {
+) -> Result<Attached> {
     if target.is_current().context("inspect network namespaces")? {
         bail!(
             "{} is the network namespace netattach runs in, not a container's own; refusing to touch it",
@@ -47,8 +56,12 @@ pub fn attach(
         );
     }
     // Every definition: the networks sharing a requested one's segment reserve
-    // their gateways and aux addresses there too.
-    let all = networks.list()?;
+    // their gateways and aux addresses there too. A broken file of another
+    // network is skipped; one of a requested
+    // network fails the attach with its reason (from `load`).
+    let listed = networks.list()?;
+    let warnings = listed.warnings();
+    let all = listed.networks;
     let definitions = requests
         .iter()
         .map(|r| match all.iter().find(|n| n.name == r.name) {
@@ -56,6 +69,19 @@ pub fn attach(
             None => networks.load(&r.name),
         })
         .collect::<Result<Vec<Network>, _>>()?;
+    let links = attach_defined(target, store, owner, requests, &definitions, &all)?;
+    Ok(Attached { links, warnings })
+}
+
+/// The attach proper, once the definitions are known.
+fn attach_defined(
+    target: &Netns,
+    store: &dyn LeaseStore,
+    owner: &str,
+    requests: &[NetworkRequest],
+    definitions: &[Network],
+    all: &[Network],
+) -> Result<Vec<AttachedLink>> {
     let mut host = Netlink::open()?;
     let mut inside = target
         .run(Netlink::open)
@@ -99,7 +125,7 @@ pub fn attach(
             store.release_networks(owner, std::slice::from_ref(&net.name))?;
         }
         todo_requests.push(req.clone());
-        todo_networks.push(net);
+        todo_networks.push(net.clone());
     }
     if todo_requests.is_empty() {
         return Ok(done);
@@ -107,7 +133,7 @@ pub fn attach(
 
     let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
     let scope = plan::Scope {
-        peers: &all,
+        peers: all,
         existing_ifnames: &names,
         trusted: false,
     };

@@ -55,7 +55,12 @@ pub fn prune(
     if ours.is_empty() {
         return Ok(Vec::new());
     }
-    let definitions = networks.list()?;
+    let listed = networks.list()?;
+    // A definition that does not load could name any parent: keep every VLAN.
+    if !listed.broken.is_empty() {
+        return Ok(Vec::new());
+    }
+    let definitions = listed.networks;
     let attachments = store.attachments()?;
     // An attachment whose network is no longer defined could sit on any parent.
     let orphans = attachments

@@ -52,7 +52,11 @@ pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
     let owner = args.id.unwrap_or_else(|| args.netns.display().to_string());
     let store = ctx.store()?;
     crate::timing::mark("lease store open");
-    let links = engine::attach(&ctx.networks(), &store, &owner, &netns, &requests)?;
+    let attached = engine::attach(&ctx.networks(), &store, &owner, &netns, &requests)?;
+    for w in &attached.warnings {
+        eprintln!("netattach: warning: {w}");
+    }
+    let links = attached.links;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&links)?);
     } else {

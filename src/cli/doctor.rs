@@ -16,8 +16,14 @@ pub struct DoctorArgs {
 
 pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
     let features = doctor::kernel_features()?;
-    let networks = ctx.networks().list()?;
-    let parents = doctor::parents(&mut Netlink::open()?, &ctx.store()?, &networks, &features)?;
+    let listed = ctx.networks().list()?;
+    let mut parents = doctor::parents(
+        &mut Netlink::open()?,
+        &ctx.store()?,
+        &listed.networks,
+        &features,
+    )?;
+    parents.extend(listed.broken.iter().map(doctor::broken_definition));
     if args.json {
         let report = serde_json::json!({ "kernel": features, "networks": parents });
         println!("{}", serde_json::to_string_pretty(&report)?);

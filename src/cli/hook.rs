@@ -38,13 +38,17 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("open network namespace {}: {e}", path.display()))?;
             let store = ctx.store()?;
             crate::timing::mark("lease store open");
-            engine::attach(
+            let attached = engine::attach(
                 &ctx.networks(),
                 &store,
                 &input.container_id,
                 &netns,
                 &requests,
             )?;
+            // The runtime keeps a hook's stderr in its log.
+            for w in &attached.warnings {
+                eprintln!("netattach: warning: {w}");
+            }
         }
         Verb::Release => {
             engine::release(&ctx.store()?, &input.container_id, input.netns.as_deref())?;

@@ -74,7 +74,7 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
             let definition = ctx.networks().load(&network)?;
             let peers = ctx.networks().list()?;
             let scope = plan::Scope {
-                peers: &peers,
+                peers: &peers.networks,
                 existing_ifnames: &[],
                 trusted: true,
             };

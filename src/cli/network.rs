@@ -9,7 +9,8 @@ use ipnet::IpNet;
 
 use super::{print_table, Context};
 use crate::config::{
-    first_usable, Driver, Gateway, IpamMode, IpvlanFlag, Mode, Network, RequestPolicy, Subnet,
+    first_usable, ConfigError, Driver, Gateway, IpamMode, IpvlanFlag, Mode, Network, RequestPolicy,
+    Subnet,
 };
 use crate::ipam::LeaseStore;
 use crate::netlink::Netlink;
@@ -83,7 +84,14 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
             println!("{}", net.name);
         }
         NetworkCommand::Ls { json } => {
-            let nets = dir.list()?;
+            let listed = dir.list()?;
+            for b in &listed.broken {
+                eprintln!(
+                    "netattach: network {} is broken: {} (`netattach network rm {}` removes it)",
+                    b.name, b.error, b.name
+                );
+            }
+            let nets = listed.networks;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nets)?);
             } else {
@@ -102,7 +110,10 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
             let store = ctx.store()?;
             let attachments = store.attachments()?;
             for name in &names {
-                dir.load(name)?;
+                // Only a missing one is an error: removing a broken one is its fix.
+                if let Err(e @ ConfigError::NotFound(_)) = dir.load(name) {
+                    return Err(e.into());
+                }
                 let users = attachments.iter().filter(|a| &a.network == name).count();
                 if users > 0 {
                     bail!("network {name} still has {users} attachment(s); release them first (netattach lease ls {name})");

@@ -382,7 +382,11 @@ fn attach(
     let netns = Netns::open(Path::new(&pod.netns))
         .with_context(|| format!("open network namespace {}", pod.netns))?;
     let networks = NetworkDir::new(plugin.paths().config_dir);
-    engine::attach(&networks, &*store, &pod.id, &netns, requests)
+    let attached = engine::attach(&networks, &*store, &pod.id, &netns, requests)?;
+    for w in &attached.warnings {
+        nri_log!(warn, "pod {} ({}): {w}", pod.label, pod.id);
+    }
+    Ok(attached.links)
 }
 
 /// Re-attaches (idempotently) the pods a `Synchronize` listed, skipping those
