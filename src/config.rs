@@ -693,17 +693,22 @@ pub struct BrokenDefinition {
     pub error: ConfigError,
 }
 
+impl fmt::Display for BrokenDefinition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "network {} is broken: {} (`netattach network rm {}` removes it)",
+            self.name, self.error, self.name
+        )
+    }
+}
+
 impl Definitions {
     /// One line per broken file, for a face to print or log.
     pub fn warnings(&self) -> Vec<String> {
         self.broken
             .iter()
-            .map(|b| {
-                format!(
-                    "skipped the broken definition of network {}: {} (`netattach network rm {}` removes it)",
-                    b.name, b.error, b.name
-                )
-            })
+            .map(|b| format!("skipped: {b}"))
             .collect()
     }
 }

@@ -57,8 +57,8 @@ pub fn attach(
     }
     // Every definition: the networks sharing a requested one's segment reserve
     // their gateways and aux addresses there too. A broken file of another
-    // network is skipped; one of a requested
-    // network fails the attach with its reason (from `load`).
+    // network is skipped; one of a requested network fails the attach with
+    // its reason (from `load`).
     let listed = networks.list()?;
     let warnings = listed.warnings();
     let all = listed.networks;
@@ -69,7 +69,7 @@ pub fn attach(
             None => networks.load(&r.name),
         })
         .collect::<Result<Vec<Network>, _>>()?;
-    let links = attach_defined(target, store, owner, requests, &definitions, &all)?;
+    let links = attach_defined(target, store, owner, requests, definitions, &all)?;
     Ok(Attached { links, warnings })
 }
 
@@ -79,7 +79,7 @@ fn attach_defined(
     store: &dyn LeaseStore,
     owner: &str,
     requests: &[NetworkRequest],
-    definitions: &[Network],
+    definitions: Vec<Network>,
     all: &[Network],
 ) -> Result<Vec<AttachedLink>> {
     let mut host = Netlink::open()?;
@@ -125,7 +125,7 @@ fn attach_defined(
             store.release_networks(owner, std::slice::from_ref(&net.name))?;
         }
         todo_requests.push(req.clone());
-        todo_networks.push(net.clone());
+        todo_networks.push(net);
     }
     if todo_requests.is_empty() {
         return Ok(done);

@@ -7,45 +7,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use common::{FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
-
-/// `netattach hook VERB` as runc calls it, with the netns given by the
-/// bundle's config.json (state without pid).
-fn hook(lan: &FakeLan, verb: &str, id: &str, netns: &Netns, annotation: &str) -> Output {
-    let bundle = lan.dir.path().join(format!("bundle-{id}"));
-    std::fs::create_dir_all(&bundle).unwrap();
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "annotations": { "netattach/networks": annotation },
-        "linux": { "namespaces": [ { "type": "network", "path": netns.path_str() } ] }
-    });
-    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
-    let state = serde_json::json!({
-        "ociVersion": "1.0.2-dev", "id": id,
-        "status": if verb == "release" { "stopped" } else { "creating" },
-        "bundle": bundle,
-    });
-    let mut child = lan
-        .command_in_host(common::bin())
-        .args(["--config-dir", lan.config_dir_str()])
-        .args(["--state-dir", lan.state_dir_str()])
-        .args(["hook", verb])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(state.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::{arp_answerers, assert_bare, hook, FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
 
 /// `attach --netns NS --id ID NETWORK [extra...]`.
 fn attach(lan: &FakeLan, ns: &Netns, id: &str, network: &str, extra: &[&str]) -> Output {
@@ -68,25 +32,6 @@ fn refused(out: &Output, what: &str) -> String {
     common::stderr(out)
 }
 
-/// The distinct MACs that answer an ARP request for `addr` sent from the
-/// gateway's netns (three requests, 3 s at most).
-fn arp_answerers(lan: &FakeLan, addr: &str) -> BTreeSet<String> {
-    let out = common::exec_in(
-        lan.ext_ns(),
-        &["arping", "-c", "3", "-w", "3", "-I", "gw0", addr],
-    );
-    // Lines look like: "Unicast reply from 192.168.32.50 [02:00:00:00:00:51]  0.6ms"
-    common::stdout(&out)
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| {
-            let open = l.find('[')?;
-            let close = l[open..].find(']')? + open;
-            Some(l[open + 1..close].to_ascii_lowercase())
-        })
-        .collect()
-}
-
 fn mac_of(ns: &Netns, ifname: &str) -> String {
     common::link_json(&ns.name, ifname)["address"]
         .as_str()
@@ -104,15 +49,6 @@ fn ipv4_of(ns: &Netns, ifname: &str) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-fn assert_bare(ns: &Netns) {
-    assert_eq!(
-        common::link_names(&ns.name),
-        vec!["lo".to_string()],
-        "links left in {}",
-        ns.name
-    );
 }
 
 fn leased(lan: &FakeLan, address: &str) -> Vec<String> {

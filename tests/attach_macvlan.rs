@@ -4,50 +4,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Output, Stdio};
-
-use common::{FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
+use common::{assert_bare, hook, FakeLan, GW4, GW6, SUBNET4, SUBNET6};
 use serde_json::Value;
-
-/// `netattach hook attach` as runc calls it, with the netns given by the
-/// bundle's config.json (state without pid).
-fn hook(lan: &FakeLan, verb: &str, id: &str, netns: &Netns, annotation: &str) -> Output {
-    let bundle = lan.dir.path().join(format!("bundle-{id}"));
-    std::fs::create_dir_all(&bundle).unwrap();
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "annotations": { "netattach/networks": annotation },
-        "linux": { "namespaces": [ { "type": "network", "path": netns.path_str() } ] }
-    });
-    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
-    let state = serde_json::json!({
-        "ociVersion": "1.0.2-dev", "id": id,
-        "status": if verb == "release" { "stopped" } else { "creating" },
-        "bundle": bundle,
-    });
-    let mut child = lan
-        .command_in_host(common::bin())
-        .args([
-            "--config-dir",
-            lan.config_dir_str(),
-            "--state-dir",
-            lan.state_dir_str(),
-        ])
-        .args(["hook", verb])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(state.to_string().as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn dual_stack(lan: &FakeLan, name: &str, extra: &[&str]) {
     let mut args = vec![
@@ -72,16 +30,6 @@ fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
         .filter(|l| l["owner"] == owner)
         .map(|l| format!("{}/{}", l["address"].as_str().unwrap(), l["prefix_len"]))
         .collect()
-}
-
-/// The container netns holds only `lo`: nothing half-configured was left.
-fn assert_bare(ns: &Netns) {
-    assert_eq!(
-        common::link_names(&ns.name),
-        vec!["lo".to_string()],
-        "links left in {}",
-        ns.name
-    );
 }
 
 /// Everything a user checks after attaching one macvlan with a static dual-stack

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
+use common::{assert_bare, FakeLan, Netns, GW4, GW6, SUBNET4, SUBNET6};
 use serde_json::Value;
 
 /// The host side's own addresses on `lan0`: in l3/l3s mode the slaves'
@@ -30,11 +30,6 @@ fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
         .filter(|l| l["owner"] == owner)
         .map(|l| l["address"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// The container netns holds only `lo`: nothing half-configured was left.
-fn assert_bare(ns: &Netns) {
-    assert_eq!(common::link_names(&ns.name), vec!["lo".to_string()]);
 }
 
 /// `attach --netns NS --id ID --ip ... NETWORK`, which must succeed.

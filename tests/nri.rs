@@ -772,22 +772,6 @@ fn run_pod_sandbox_latency() {
     }
 }
 
-/// The MACs that answer an ARP request for `addr` from the gateway's netns.
-fn arp_answerers(lan: &FakeLan, addr: &str) -> Vec<String> {
-    let out = common::exec_in(
-        lan.ext_ns(),
-        &["arping", "-c", "3", "-w", "3", "-I", "gw0", addr],
-    );
-    let mut macs: Vec<String> = common::stdout(&out)
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| Some(l[l.find('[')? + 1..l.find(']')?].to_ascii_lowercase()))
-        .collect();
-    macs.sort();
-    macs.dedup();
-    macs
-}
-
 #[test]
 fn one_address_on_the_wire_through_two_networks_and_after_removal() {
     if common::skip_unless_root()
@@ -826,14 +810,17 @@ fn one_address_on_the_wire_through_two_networks_and_after_removal() {
         .as_str()
         .unwrap()
         .to_ascii_lowercase();
-    assert_eq!(arp_answerers(&lan, "192.168.32.78"), vec![mac_a]);
+    assert_eq!(
+        common::arp_answerers(&lan, "192.168.32.78"),
+        std::collections::BTreeSet::from([mac_a])
+    );
 
     // The pod's netns outlives the RemovePodSandbox (it is bind-mounted here):
     // the interface goes with the lease, so the address leaves the wire.
     rt.remove_pod(&a.as_sent_on_removal()).unwrap();
     assert!(leases_of(&lan, "poda").is_empty());
     assert_eq!(common::link_names(&ns_a.name), vec!["lo"]);
-    assert!(arp_answerers(&lan, "192.168.32.78").is_empty());
+    assert!(common::arp_answerers(&lan, "192.168.32.78").is_empty());
     rt.run_pod(&b).expect("the freed address for pod b");
     assert_eq!(common::addrs(&ns_b.name, "eth0"), vec!["192.168.32.78/24"]);
     rt.remove_pod(&b.as_sent_on_removal()).unwrap();

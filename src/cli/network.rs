@@ -86,10 +86,7 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
         NetworkCommand::Ls { json } => {
             let listed = dir.list()?;
             for b in &listed.broken {
-                eprintln!(
-                    "netattach: network {} is broken: {} (`netattach network rm {}` removes it)",
-                    b.name, b.error, b.name
-                );
+                eprintln!("netattach: {b}");
             }
             let nets = listed.networks;
             if json {

@@ -30,6 +30,8 @@
 //! ```
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -465,4 +467,68 @@ pub fn netns_names() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `netattach hook VERB` as runc calls it: the state on stdin (without pid),
+/// the netns given by the bundle's config.json, which carries `annotation`.
+pub fn hook(lan: &FakeLan, verb: &str, id: &str, netns: &Netns, annotation: &str) -> Output {
+    let bundle = lan.dir.path().join(format!("bundle-{id}"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "annotations": { "netattach/networks": annotation },
+        "linux": { "namespaces": [ { "type": "network", "path": netns.path_str() } ] }
+    });
+    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    let state = serde_json::json!({
+        "ociVersion": "1.0.2-dev", "id": id,
+        "status": if verb == "release" { "stopped" } else { "creating" },
+        "bundle": bundle,
+    });
+    let mut child = lan
+        .command_in_host(bin())
+        .args(["--config-dir", lan.config_dir_str()])
+        .args(["--state-dir", lan.state_dir_str()])
+        .args(["hook", verb])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.to_string().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The netns holds only `lo`: nothing half-configured was left.
+pub fn assert_bare(ns: &Netns) {
+    assert_eq!(
+        link_names(&ns.name),
+        vec!["lo".to_string()],
+        "links left in {}",
+        ns.name
+    );
+}
+
+/// The distinct MACs (lower case) that answer an ARP request for `addr`
+/// sent from the fake LAN's gateway netns (three requests, 3 s at most).
+pub fn arp_answerers(lan: &FakeLan, addr: &str) -> BTreeSet<String> {
+    let out = exec_in(
+        lan.ext_ns(),
+        &["arping", "-c", "3", "-w", "3", "-I", "gw0", addr],
+    );
+    // Lines look like: "Unicast reply from 192.168.32.50 [02:00:00:00:00:51]  0.6ms"
+    stdout(&out)
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let open = l.find('[')?;
+            let close = l[open..].find(']')? + open;
+            Some(l[open + 1..close].to_ascii_lowercase())
+        })
+        .collect()
 }
