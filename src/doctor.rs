@@ -69,6 +69,46 @@ pub struct ParentState {
     pub problems: Vec<String>,
 }
 
+/// One check of the host's netattach setup (lease store, netns identity, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostCheck {
+    pub check: &'static str,
+    pub state: String,
+    pub problems: Vec<String>,
+}
+
+/// Who holds the lease store's write lock. A holder that is stopped (SIGSTOP,
+/// a frozen cgroup, a debugger) makes every container start wait out its
+/// deadline and fail.
+pub fn lease_store_lock(queue: &std::path::Path) -> HostCheck {
+    let holders = crate::locks::holders(queue);
+    let problems = holders
+        .iter()
+        .filter(|h| h.stopped)
+        .map(|h| {
+            format!(
+                "pid {} is stopped while holding the lease store's write lock {}: container \
+                 starts fail at their deadline until it is resumed (kill -CONT {}) or killed",
+                h.pid,
+                queue.display(),
+                h.pid
+            )
+        })
+        .collect();
+    let state = match holders.as_slice() {
+        [] => "free".to_string(),
+        held => {
+            let names: Vec<String> = held.iter().map(ToString::to_string).collect();
+            format!("held by {}", names.join(", "))
+        }
+    };
+    HostCheck {
+        check: "lease store lock",
+        state,
+        problems,
+    }
+}
+
 /// The report line of a definition file that does not load.
 pub fn broken_definition(b: &BrokenDefinition) -> ParentState {
     ParentState {

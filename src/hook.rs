@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use oci_spec::runtime::{ContainerState, LinuxNamespaceType, Spec, State};
+use oci_spec::runtime::{ContainerState, Hook, Hooks, LinuxNamespaceType, Spec, State};
 
 use crate::request;
 
@@ -29,6 +30,9 @@ pub struct HookInput {
     /// release, the configured path of a netns that may outlive the container
     /// (a pod's, a bind mount), if the bundle names one.
     pub netns: Option<PathBuf>,
+    /// The `timeout` the bundle gives this hook (the runtime kills it then),
+    /// when there is work to do and the bundle says.
+    pub timeout: Option<Duration>,
 }
 
 /// Upper bound of the state document read from stdin: annotations are bounded
@@ -76,12 +80,63 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
         }
         _ => None,
     };
+    let timeout = match &request {
+        Some(_) => timeout_of_this_hook(verb, state.bundle(), spec.as_ref()),
+        None => None,
+    };
     Ok(HookInput {
         verb,
         container_id: state.id().to_string(),
         request,
         netns,
+        timeout,
     })
+}
+
+/// The `timeout` of the bundle's hook entries that run netattach for `verb`
+/// (the shortest, if several do). Podman copies `hooks.d`'s timeout there;
+/// runc and crun kill a hook that outlives it.
+fn timeout_of_this_hook(verb: Verb, bundle: &Path, spec: Option<&Spec>) -> Option<Duration> {
+    let hooks = match spec {
+        Some(spec) => spec.hooks().clone()?,
+        None => load_hooks(bundle)?,
+    };
+    let phases: [&Option<Vec<Hook>>; 2] = match verb {
+        Verb::Attach => [hooks.create_runtime(), hooks.prestart()],
+        Verb::Release => [hooks.poststop(), &None],
+    };
+    let me = std::env::current_exe().ok();
+    phases
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|h| runs_netattach(h, me.as_deref()))
+        .filter_map(|h| h.timeout().filter(|t| *t > 0))
+        .min()
+        .map(|secs| Duration::from_secs(secs as u64))
+}
+
+fn runs_netattach(hook: &Hook, me: Option<&Path>) -> bool {
+    let is_me = |p: &Path| me.is_some_and(|me| std::fs::canonicalize(p).is_ok_and(|p| p == me));
+    is_me(hook.path())
+        || hook
+            .args()
+            .iter()
+            .flatten()
+            .any(|a| a.rsplit('/').next() == Some("netattach"))
+}
+
+/// Only the hooks of the bundle's config (the rest is skipped unparsed).
+fn load_hooks(bundle: &Path) -> Option<Hooks> {
+    #[derive(serde::Deserialize)]
+    struct HooksOnly {
+        hooks: Option<Hooks>,
+    }
+    if bundle.as_os_str().is_empty() {
+        return None;
+    }
+    let raw = std::fs::read(bundle.join("config.json")).ok()?;
+    serde_json::from_slice::<HooksOnly>(&raw).ok()?.hooks
 }
 
 /// The bundle's network namespace entry, if it has one.
@@ -189,6 +244,34 @@ mod tests {
         let input = input.unwrap();
         assert_eq!(input.request.as_deref(), Some("lan@eth3"));
         assert_eq!(input.netns, Some(PathBuf::from("/run/netns/x")));
+        assert_eq!(input.timeout, None);
+    }
+
+    #[test]
+    fn the_timeout_is_that_of_the_hook_entries_running_netattach() {
+        let dir = std::env::temp_dir().join(format!("netattach-hook-test3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion":"1.0.2","hooks":{
+                "createRuntime":[{"path":"/bin/other","timeout":1},
+                                 {"path":"/usr/bin/netattach","args":["netattach","hook","attach"],"timeout":7},
+                                 {"path":"/usr/local/bin/netattach","args":["netattach"],"timeout":3}],
+                "poststop":[{"path":"/usr/bin/netattach","args":["netattach","hook","release"],"timeout":9}]}}"#,
+        )
+        .unwrap();
+        let state = |status: &str| {
+            format!(
+                r#"{{"ociVersion":"1.0","id":"c4","status":"{status}","pid":5,"bundle":"{}",
+                    "annotations":{{"netattach/networks":"lan"}}}}"#,
+                dir.display()
+            )
+        };
+        let attach = read_input(Some(Verb::Attach), state("created").as_bytes());
+        let release = read_input(None, state("stopped").as_bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(attach.unwrap().timeout, Some(Duration::from_secs(3)));
+        assert_eq!(release.unwrap().timeout, Some(Duration::from_secs(9)));
     }
 
     #[test]

@@ -9,12 +9,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod doctor;
 pub mod engine;
 pub mod gc;
 pub mod hook;
 pub mod ipam;
 pub mod liveness;
+pub mod locks;
 pub mod netlink;
 pub mod netns;
 pub mod nri;

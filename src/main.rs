@@ -45,12 +45,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     netattach::timing::mark("main");
     let cli = Cli::parse();
     netattach::timing::mark("arguments parsed");
     let ctx = cli::Context {
         config_dir: cli.config_dir,
         state_dir: cli.state_dir,
+        started,
     };
     let result = match cli.command {
         Command::Network(cmd) => cli::network::run(&ctx, cmd),

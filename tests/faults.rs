@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Instant;
+
 use common::FakeLan;
 
 #[test]
@@ -67,4 +69,51 @@ fn a_broken_definition_breaks_only_its_own_network() {
     let out = lan.netattach(&["doctor"]);
     assert!(out.status.success(), "{}", common::text(&out));
     lan.netattach_ok(&["detach", "--id", "one"]);
+}
+
+/// A stopped process holding the lease store's write lock (a frozen hook, a
+/// debugger): a hook fails within the timeout its bundle gives it, naming the
+/// lock and the holder, leaving nothing behind; doctor reports the holder.
+#[test]
+fn a_stopped_lock_holder_fails_hooks_within_their_timeout() {
+    if common::skip_unless_root() || common::skip_unless(common::have("flock"), "no flock(1)") {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    lan.netattach_ok(&["lease", "ls"]); // creates the store
+    let holder = common::LockHolder::new(&lan.state_dir.join("leases.lock"));
+    holder.signal("STOP");
+    let pid = format!("pid {}", holder.pid());
+
+    let out = lan.netattach(&["doctor", "--json"]);
+    assert!(!out.status.success(), "doctor flags the stopped holder");
+    let report: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    let problems = report["host"][0]["problems"].to_string();
+    assert!(problems.contains(&pid) && problems.contains("stopped"), "{problems}");
+
+    let c = lan.container_ns("late");
+    let started = Instant::now();
+    let out = common::hook_with_timeout(&lan, "attach", "late", &c, "lan", Some(1));
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("leases.lock") && err.contains(&pid) && err.contains("stopped"),
+        "names the lock and its holder: {err}"
+    );
+    // The bundle's timeout, not the default wait, bounded it.
+    assert!(took < netattach::deadline::DEFAULT_WAIT, "took {took:?}");
+    common::assert_bare(&c);
+
+    holder.signal("CONT");
+    drop(holder);
+    let out = common::hook_with_timeout(&lan, "attach", "late", &c, "lan", Some(1));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::ping_from(&c.name, common::GW4));
+    let out = common::hook_with_timeout(&lan, "release", "late", &c, "lan", Some(1));
+    assert!(out.status.success(), "{}", common::text(&out));
+    common::assert_bare(&c);
+    assert_eq!(lan.leases_json().as_array().unwrap().len(), 0);
 }

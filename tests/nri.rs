@@ -826,3 +826,70 @@ fn one_address_on_the_wire_through_two_networks_and_after_removal() {
     rt.remove_pod(&b.as_sent_on_removal()).unwrap();
     assert_clean_framing(&rt);
 }
+
+/// With the lease store's lock held by a stopped process, a pod start fails
+/// inside the runtime's budget with what it waited for; requests are served in
+/// the order they came, and a pod removed while its RunPodSandbox waited is
+/// never attached afterwards.
+#[test]
+fn stuck_store_fails_pods_in_budget_and_a_removed_pod_stays_detached() {
+    if common::skip_unless_root() || common::skip_unless(common::have("flock"), "no flock(1)") {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = std::sync::Arc::new(accept(&listener, &Options::default()));
+    let warm_ns = lan.container_ns("warm");
+    let warm = Pod::new("warmpod", warm_ns.path_str()).annotate(ANNOTATION, "lan");
+    rt.run_pod(&warm).expect("a first pod opens the store");
+
+    let holder = common::LockHolder::new(&lan.state_dir.join("leases.lock"));
+    holder.signal("STOP");
+    let ns1 = lan.container_ns("one");
+    let one = Pod::new("podone", ns1.path_str()).annotate(ANNOTATION, "lan");
+    let (code, message) = rt.run_pod(&one).expect_err("no turn of the store");
+    assert_ne!(code, -2, "answered inside the runtime's budget: {message}");
+    assert!(
+        message.contains("leases.lock") && message.contains(&format!("pid {}", holder.pid())),
+        "{message}"
+    );
+    common::assert_bare(&ns1);
+    assert!(leases_of(&lan, "podone").is_empty());
+
+    // Pod three waits on the store; pod two's start queues behind it, then pod
+    // two is removed. Once the store is free, three attaches and two does not.
+    let ns2 = lan.container_ns("two");
+    let ns3 = lan.container_ns("three");
+    let two = Pod::new("podtwo", ns2.path_str()).annotate(ANNOTATION, "lan");
+    let three = Pod::new("podthree", ns3.path_str()).annotate(ANNOTATION, "lan");
+    let send = |pod: &Pod, remove: bool| {
+        let (rt, pod) = (rt.clone(), pod.clone());
+        let t = std::thread::spawn(move || {
+            if remove {
+                rt.remove_pod(&pod.as_sent_on_removal())
+            } else {
+                rt.run_pod(&pod)
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        t
+    };
+    let run3 = send(&three, false);
+    let run2 = send(&two, false);
+    let remove2 = send(&two, true);
+    drop(holder);
+    run3.join().unwrap().expect("pod three attaches once the store is free");
+    let (_, message) = run2.join().unwrap().expect_err("pod two was removed");
+    assert!(message.contains("removed"), "{message}");
+    remove2.join().unwrap().expect("RemovePodSandbox");
+    assert!(leases_of(&lan, "podtwo").is_empty());
+    common::assert_bare(&ns2);
+    assert!(in_lan(&common::addrs(&ns3.name, "eth0")));
+    for pod in [&warm, &three] {
+        rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
+    }
+    assert_eq!(lan.leases_json().as_array().unwrap().len(), 0);
+    assert_clean_framing(&rt);
+}

@@ -17,15 +17,12 @@ pub struct DoctorArgs {
 pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
     let features = doctor::kernel_features()?;
     let listed = ctx.networks().list()?;
-    let mut parents = doctor::parents(
-        &mut Netlink::open()?,
-        &ctx.store()?,
-        &listed.networks,
-        &features,
-    )?;
+    let store = ctx.store()?;
+    let host = vec![doctor::lease_store_lock(store.queue_path())];
+    let mut parents = doctor::parents(&mut Netlink::open()?, &store, &listed.networks, &features)?;
     parents.extend(listed.broken.iter().map(doctor::broken_definition));
     if args.json {
-        let report = serde_json::json!({ "kernel": features, "networks": parents });
+        let report = serde_json::json!({ "kernel": features, "host": host, "networks": parents });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let rows: Vec<Vec<String>> = features
@@ -40,27 +37,44 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
             .collect();
         print_table(&["KERNEL", "SUPPORTED", "HOW"], &rows);
         println!();
+        let rows: Vec<Vec<String>> = host
+            .iter()
+            .map(|c| {
+                vec![
+                    c.check.to_string(),
+                    c.state.clone(),
+                    problems_cell(&c.problems),
+                ]
+            })
+            .collect();
+        print_table(&["HOST", "STATE", "PROBLEMS"], &rows);
+        println!();
         let rows: Vec<Vec<String>> = parents
             .iter()
             .map(|p| {
-                let problems = if p.problems.is_empty() {
-                    "ok".to_string()
-                } else {
-                    p.problems.join("; ")
-                };
                 vec![
                     p.network.clone(),
                     p.parent.clone(),
                     p.state.clone(),
-                    problems,
+                    problems_cell(&p.problems),
                 ]
             })
             .collect();
         print_table(&["NETWORK", "PARENT", "STATE", "PROBLEMS"], &rows);
     }
-    let healthy = parents.iter().all(|p| p.problems.is_empty());
-    if !healthy {
+    if host.iter().any(|c| !c.problems.is_empty()) {
+        anyhow::bail!("the host has problems (see above)");
+    }
+    if parents.iter().any(|p| !p.problems.is_empty()) {
         anyhow::bail!("some networks have problems (see above)");
     }
     Ok(())
+}
+
+fn problems_cell(problems: &[String]) -> String {
+    if problems.is_empty() {
+        "ok".to_string()
+    } else {
+        problems.join("; ")
+    }
 }

@@ -3,6 +3,7 @@
 use clap::{Args, ValueEnum};
 
 use super::Context;
+use crate::deadline::Deadline;
 use crate::hook::{read_input, Verb};
 use crate::{engine, netns::Netns, request};
 
@@ -37,6 +38,7 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
             let netns = Netns::open(&path)
                 .map_err(|e| anyhow::anyhow!("open network namespace {}: {e}", path.display()))?;
             let store = ctx.store()?;
+            store.set_deadline(Some(deadline(ctx, input.timeout)));
             crate::timing::mark("lease store open");
             let attached = engine::attach(
                 &ctx.networks(),
@@ -51,8 +53,19 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
             }
         }
         Verb::Release => {
-            engine::release(&ctx.store()?, &input.container_id, input.netns.as_deref())?;
+            let store = ctx.store()?;
+            store.set_deadline(Some(deadline(ctx, input.timeout)));
+            engine::release(&store, &input.container_id, input.netns.as_deref())?;
         }
     }
     Ok(())
+}
+
+/// Waits end before the runtime's `timeout` for this hook (counted from the
+/// process start), or after the default wait when the bundle sets none.
+fn deadline(ctx: &Context, timeout: Option<std::time::Duration>) -> Deadline {
+    match timeout {
+        Some(t) => Deadline::within(ctx.started, t),
+        None => Deadline::default_wait(),
+    }
 }

@@ -21,6 +21,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/netattach";
 pub struct Context {
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// When the process started: a runtime's timeout counts from there.
+    pub started: std::time::Instant,
 }
 
 impl Context {

@@ -157,6 +157,14 @@ pub enum IpamError {
     Exhausted { network: String, range: String },
     #[error("lease store: {0}")]
     Store(String),
+    /// A wait reached its deadline: what was waited for, and who holds it.
+    #[error("gave up after {waited_ms} ms waiting for {what}{held_by}")]
+    Waited {
+        what: String,
+        waited_ms: u128,
+        /// ", held by pid N (command)" or empty when unknown.
+        held_by: String,
+    },
 }
 
 /// The lease store. Every method is atomic: it commits whole or not at all.

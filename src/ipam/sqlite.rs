@@ -54,9 +54,9 @@
 
 use std::fs;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{
@@ -69,6 +69,8 @@ use super::{
     Attachment, Claim, Holder, IpamError, Lease, LeaseStore, Liveness, MacWant, PoolRange,
     Reservation, Want,
 };
+use crate::deadline::{self, Deadline};
+use crate::locks;
 use crate::request::MacAddr;
 use crate::sharing::LinkSpec;
 
@@ -84,8 +86,8 @@ const WAL_FOLD_BYTES: u64 = 64 * 4120;
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
 
-/// How long a process waits for another one holding the write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a closing store waits to fold the WAL back.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
 
 /// How often a waiting process retries the lock.
 const BUSY_POLL: Duration = Duration::from_micros(500);
@@ -186,6 +188,10 @@ pub struct SqliteStore {
     path: PathBuf,
     /// `leases.lock`, flock()ed around every write transaction.
     queue: fs::File,
+    queue_path: PathBuf,
+    /// When waits for the queue or the database give up (see `set_deadline`);
+    /// shared with the connection's busy handler.
+    deadline: Arc<Mutex<Option<Deadline>>>,
 }
 
 /// Holds the write queue's flock; released on drop.
@@ -229,9 +235,11 @@ fn addr_of_key(k: &[u8]) -> Option<IpAddr> {
 
 fn db(e: rusqlite::Error) -> IpamError {
     if is_busy(&e) {
+        // Every netattach writer takes the queue's flock first, so this is a
+        // process outside the queue (a sqlite3 shell, a backup) or a peer's
+        // checkpoint that outlasted the deadline.
         return IpamError::Store(format!(
-            "{e} (another process held it for more than {} s)",
-            BUSY_TIMEOUT.as_secs()
+            "{e}: another process kept the database locked past the deadline"
         ));
     }
     IpamError::Store(e.to_string())
@@ -342,16 +350,18 @@ impl SqliteStore {
         // SQLite's own busy_timeout backs off to 100 ms sleeps: under many parallel
         // hooks a waiter keeps missing the short gaps between other writers' commits
         // and can starve for seconds. Poll at a short, steady interval instead,
-        // giving up after the same BUSY_TIMEOUT.
-        let mut since = Instant::now();
+        // giving up at the store's deadline.
+        let deadline: Arc<Mutex<Option<Deadline>>> = Arc::default();
+        let limit = deadline.clone();
+        let mut until = Deadline::default_wait();
         conn.busy_handler(Some(move |count: i32| {
             if count == 0 {
-                since = Instant::now();
+                until = lock_ignoring_poison(&limit).unwrap_or_else(Deadline::default_wait);
             }
-            if since.elapsed() >= BUSY_TIMEOUT {
+            if until.expired() {
                 return false;
             }
-            std::thread::sleep(BUSY_POLL);
+            std::thread::sleep(BUSY_POLL.min(until.remaining()));
             true
         }))
         .map_err(at)?;
@@ -394,7 +404,25 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             path,
             queue,
+            queue_path,
+            deadline,
         })
+    }
+
+    /// Bounds every later wait of this store (for its write turn, for SQLite's
+    /// lock) by `deadline`; `None`: each wait may last [`deadline::DEFAULT_WAIT`].
+    /// A hook sets its runtime's budget once; the NRI plugin sets each request's.
+    pub fn set_deadline(&self, deadline: Option<Deadline>) {
+        *lock_ignoring_poison(&self.deadline) = deadline;
+    }
+
+    fn wait_deadline(&self) -> Deadline {
+        lock_ignoring_poison(&self.deadline).unwrap_or_else(Deadline::default_wait)
+    }
+
+    /// The write queue's lock file (`doctor` reports who holds it).
+    pub fn queue_path(&self) -> &Path {
+        &self.queue_path
     }
 
     /// The database file.
@@ -410,23 +438,30 @@ impl SqliteStore {
     /// as it is free; SQLite's lock (and busy handler) stays as the safety net.
     fn writer(&self) -> Result<(MutexGuard<'_, Connection>, WriteTurn<'_>), IpamError> {
         let conn = self.conn();
-        loop {
-            // SAFETY: flock on an fd owned by self.queue.
-            let rc = unsafe { libc::flock(self.queue.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok((conn, WriteTurn(&self.queue)));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(IpamError::Store(format!("lock {}: {err}", LOCK_FILE)));
-            }
+        let deadline = self.wait_deadline();
+        let started = Instant::now();
+        match deadline::flock_exclusive(self.queue.as_fd(), deadline) {
+            Ok(true) => Ok((conn, WriteTurn(&self.queue))),
+            Ok(false) => Err(IpamError::Waited {
+                what: format!("the lease store's write lock {}", self.queue_path.display()),
+                waited_ms: started.elapsed().as_millis(),
+                held_by: locks::held_by(&self.queue_path),
+            }),
+            Err(e) => Err(IpamError::Store(format!(
+                "lock {}: {e}",
+                self.queue_path.display()
+            ))),
         }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic mid-transaction rolled the transaction back when it unwound.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        lock_ignoring_poison(&self.conn)
     }
+}
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Switches a new database to WAL and creates or upgrades the schema; several
@@ -434,7 +469,7 @@ impl SqliteStore {
 fn init(conn: &mut Connection, segment_of: SegmentOf<'_>) -> Result<(), IpamError> {
     // WAL is a property of the file and persists. Switching needs the file to
     // itself, and SQLite may report "busy" at once instead of waiting, so retry.
-    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let deadline = Deadline::default_wait();
     loop {
         match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
             Ok(mode) if mode.eq_ignore_ascii_case("wal") => break,
@@ -443,7 +478,7 @@ fn init(conn: &mut Connection, segment_of: SegmentOf<'_>) -> Result<(), IpamErro
                     "cannot use WAL journaling (journal mode is {mode})"
                 )))
             }
-            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+            Err(e) if is_busy(&e) && !deadline.expired() => {
                 std::thread::sleep(Duration::from_millis(5))
             }
             Err(e) => return Err(db(e)),
@@ -821,7 +856,10 @@ impl Drop for SqliteStore {
         let wal = self.path.with_extension("db-wal");
         let long = fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_FOLD_BYTES);
         if long {
-            // Best effort: if another process is busy, a later close folds it.
+            // Best effort and brief (this runs on the start path): if other
+            // processes keep it busy, a later close folds it.
+            let wait = self.wait_deadline().remaining().min(CHECKPOINT_WAIT);
+            self.set_deadline(Some(Deadline::after(wait)));
             let _ = self
                 .conn()
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));

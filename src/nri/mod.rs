@@ -38,3 +38,4 @@ pub mod run;
 pub mod session;
 pub mod settings;
 pub mod ttrpc;
+pub mod turns;

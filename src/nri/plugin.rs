@@ -17,7 +17,7 @@
 //!   (valid) responses; the v0.12 post-events and anything unknown answer
 //!   UNIMPLEMENTED, the code after which a runtime falls back to `StateChange`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,7 +33,9 @@ use super::proto::nri::{
 use super::session::{Reply, Service};
 use super::settings::parse_config;
 use super::ttrpc::{code, RpcError};
+use super::turns::{Turn, Turns};
 use crate::config::NetworkDir;
+use crate::deadline::Deadline;
 use crate::ipam::sqlite::SqliteStore;
 use crate::ipam::LeaseStore;
 use crate::netns::Netns;
@@ -54,12 +56,21 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
-/// What outlives a connection: paths, the open lease store, and the lock that
-/// keeps engine operations (attach, release, re-check) one at a time.
+/// How long a removal whose turn did not come within the runtime's budget
+/// keeps waiting in the background before leaving the pod's leases to the
+/// next `Synchronize` (or `gc`).
+const DEFERRED_RELEASE_WAIT: Duration = Duration::from_secs(60);
+
+/// Removed pods remembered so that a late attach never brings one back (ids
+/// are unique; this only bounds memory).
+const REMEMBERED_REMOVALS: usize = 4096;
+
+/// What outlives a connection: paths, the open lease store, and the turns
+/// that keep engine operations (attach, release, re-check) one at a time.
 pub struct Plugin {
     paths: Mutex<Paths>,
     store: Mutex<Option<(PathBuf, Arc<SqliteStore>)>>,
-    engine: Mutex<()>,
+    engine: Turns,
 }
 
 impl Plugin {
@@ -67,8 +78,25 @@ impl Plugin {
         Plugin {
             paths: Mutex::new(paths),
             store: Mutex::new(None),
-            engine: Mutex::new(()),
+            engine: Turns::default(),
         }
+    }
+
+    /// The engine's turn, waited for until `deadline`, with the lease store's
+    /// waits bounded by the same deadline while it is held.
+    fn turn(&self, what: String, deadline: Deadline) -> Result<Turn<'_>, String> {
+        let started = Instant::now();
+        let turn = self.engine.take(what, deadline).map_err(|busy| {
+            format!(
+                "gave up after {} ms waiting for the plugin's engine, busy with {busy}",
+                started.elapsed().as_millis()
+            )
+        })?;
+        // (An error opening the store is reported by the operation itself.)
+        if let Ok(store) = self.store() {
+            store.set_deadline(Some(deadline));
+        }
+        Ok(turn)
     }
 
     fn paths(&self) -> Paths {
@@ -132,9 +160,9 @@ pub struct Connection {
     runtime: Mutex<String>,
     registration_timeout: Mutex<Option<Duration>>,
     sync_pods: Mutex<Vec<Pod>>,
-    /// Pods removed since the last `Synchronize`: the background re-check
-    /// must not attach them again.
-    removed: Arc<Mutex<HashSet<String>>>,
+    /// Pods removed: neither a late RunPodSandbox nor the background re-check
+    /// may attach them again.
+    removed: Arc<Mutex<Removed>>,
     synchronized: (Mutex<bool>, Condvar),
 }
 
@@ -145,7 +173,7 @@ impl Connection {
             runtime: Mutex::new(String::new()),
             registration_timeout: Mutex::new(None),
             sync_pods: Mutex::new(Vec::new()),
-            removed: Arc::new(Mutex::new(HashSet::new())),
+            removed: Arc::default(),
             synchronized: (Mutex::new(false), Condvar::new()),
         }
     }
@@ -211,7 +239,7 @@ impl Connection {
         Ok(resp.write_to_bytes().unwrap_or_default())
     }
 
-    fn synchronize(&self, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
+    fn synchronize(&self, payload: &[u8], deadline: Deadline) -> Result<Vec<u8>, RpcError> {
         let req = SynchronizeRequest::parse_from_bytes(payload).map_err(malformed)?;
         let mut resp = SynchronizeResponse::new();
         let pods = {
@@ -223,7 +251,7 @@ impl Connection {
             }
             std::mem::take(&mut *acc)
         };
-        self.reconcile(&pods).map_err(|e| {
+        self.reconcile(&pods, deadline).map_err(|e| {
             nri_log!(error, "synchronize: {e:#}");
             RpcError::new(code::INTERNAL, format!("netattach: synchronize: {e:#}"))
         })?;
@@ -235,14 +263,16 @@ impl Connection {
 
     /// Releases this runtime's owners that are not among `pods`, then starts
     /// the re-check of the pods that are.
-    fn reconcile(&self, pods: &[Pod]) -> anyhow::Result<()> {
+    fn reconcile(&self, pods: &[Pod], deadline: Deadline) -> anyhow::Result<()> {
         let store = self.plugin.store()?;
         let owners = self.owners();
         let alive: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
         let marked: HashSet<String> = owners.list()?.into_iter().collect();
         let holders: HashSet<String> = store.attachments()?.into_iter().map(|a| a.owner).collect();
-        let _engine = lock(&self.plugin.engine);
-        lock(&self.removed).clear();
+        let _turn = self
+            .plugin
+            .turn("synchronize".into(), deadline)
+            .map_err(anyhow::Error::msg)?;
         let mut released = 0;
         for id in marked.iter().filter(|id| !alive.contains(id.as_str())) {
             if holders.contains(id) {
@@ -279,7 +309,7 @@ impl Connection {
         Ok(())
     }
 
-    fn run_pod(&self, pod: &Pod, budget: Duration) -> Result<(), RpcError> {
+    fn run_pod(&self, pod: &Pod, started: Instant, budget: Duration) -> Result<(), RpcError> {
         let Some(value) = &pod.annotation else {
             return Ok(());
         };
@@ -293,7 +323,6 @@ impl Connection {
             );
             return Ok(());
         }
-        let start = Instant::now();
         let fail = |code, e: String| {
             nri_log!(error, "pod {} ({}): {e}", pod.label, pod.id);
             RpcError::new(code, format!("netattach: pod {}: {e}", pod.label))
@@ -303,10 +332,22 @@ impl Connection {
         if requests.is_empty() {
             return Ok(());
         }
-        let _engine = lock(&self.plugin.engine);
+        let _turn = self
+            .plugin
+            .turn(
+                format!("the attach of pod {}", pod.label),
+                Deadline::within(started, budget),
+            )
+            .map_err(|e| fail(code::DEADLINE_EXCEEDED, e))?;
+        if lock(&self.removed).contains(&pod.id) {
+            return Err(fail(
+                code::FAILED_PRECONDITION,
+                "the pod was removed before its networks could be attached".into(),
+            ));
+        }
         let attached = attach(&self.plugin, &self.owners(), pod, &requests)
             .map_err(|e| fail(code::FAILED_PRECONDITION, format!("{e:#}")))?;
-        let took = start.elapsed();
+        let took = started.elapsed();
         nri_log!(
             info,
             "pod {} ({}): attached {} in {} ms",
@@ -327,46 +368,117 @@ impl Connection {
         Ok(())
     }
 
-    fn remove_pod(&self, pod: &Pod) -> Result<(), RpcError> {
-        let _engine = lock(&self.plugin.engine);
-        lock(&self.removed).insert(pod.id.clone());
-        let released = self
+    /// Marks the pod removed at once (a late attach of it then refuses), and
+    /// releases it in turn; when the turn does not come within the budget the
+    /// release goes on in the background and the runtime is answered.
+    fn remove_pod(&self, pod: &Pod, started: Instant, budget: Duration) -> Result<(), RpcError> {
+        lock(&self.removed).insert(&pod.id);
+        let what = format!("the release of pod {}", pod.label);
+        match self
             .plugin
-            .store()
-            .and_then(|store| {
-                let hint = (!pod.netns.is_empty()).then(|| Path::new(&pod.netns));
-                engine::release(&*store, &pod.id, hint)
-            })
-            .map_err(|e| {
-                nri_log!(error, "pod {} ({}): release: {e:#}", pod.label, pod.id);
-                RpcError::new(
-                    code::INTERNAL,
-                    format!("netattach: pod {}: release: {e:#}", pod.label),
-                )
-            })?;
-        if super::owners::valid_pod_id(&pod.id) {
-            if let Err(e) = self.owners().forget(&pod.id) {
-                nri_log!(warn, "pod {}: {e}", pod.id);
+            .turn(what.clone(), Deadline::within(started, budget))
+        {
+            Ok(_turn) => release_pod(&self.plugin, &self.owners(), pod),
+            Err(e) => {
+                nri_log!(
+                    warn,
+                    "pod {} ({}): {e}; releasing in the background",
+                    pod.label,
+                    pod.id
+                );
+                let (plugin, owners, pod) = (self.plugin.clone(), self.owners(), pod.clone());
+                std::thread::Builder::new()
+                    .name("nri-release".into())
+                    .spawn(move || {
+                        match plugin.turn(what, Deadline::after(DEFERRED_RELEASE_WAIT)) {
+                            Ok(_turn) => {
+                                let _ = release_pod(&plugin, &owners, &pod);
+                            }
+                            Err(e) => nri_log!(
+                                error,
+                                "pod {} ({}): {e}; its leases wait for the next synchronize or gc",
+                                pod.label,
+                                pod.id
+                            ),
+                        }
+                    })
+                    .map_err(|e| {
+                        RpcError::new(code::INTERNAL, format!("cannot start a thread: {e}"))
+                    })?;
+                Ok(())
             }
         }
-        if !released.is_empty() {
-            nri_log!(
-                info,
-                "pod {} ({}): removed, released {}",
-                pod.label,
-                pod.id,
-                describe_leases(&released)
-            );
-        }
-        Ok(())
     }
 
-    fn pod_event(&self, event: Event, pod: &Pod, budget: Duration) -> Result<(), RpcError> {
+    fn pod_event(
+        &self,
+        event: Event,
+        pod: &Pod,
+        started: Instant,
+        budget: Duration,
+    ) -> Result<(), RpcError> {
         match event {
-            Event::RUN_POD_SANDBOX => self.run_pod(pod, budget),
-            Event::REMOVE_POD_SANDBOX => self.remove_pod(pod),
+            Event::RUN_POD_SANDBOX => self.run_pod(pod, started, budget),
+            Event::REMOVE_POD_SANDBOX => self.remove_pod(pod, started, budget),
             _ => Ok(()),
         }
+    }
+}
+
+/// Releases a removed pod's leases and forgets its owner mark (the caller
+/// holds the engine's turn).
+fn release_pod(plugin: &Plugin, owners: &Owners, pod: &Pod) -> Result<(), RpcError> {
+    let released = plugin
+        .store()
+        .and_then(|store| {
+            let hint = (!pod.netns.is_empty()).then(|| Path::new(&pod.netns));
+            engine::release(&*store, &pod.id, hint)
+        })
+        .map_err(|e| {
+            nri_log!(error, "pod {} ({}): release: {e:#}", pod.label, pod.id);
+            RpcError::new(
+                code::INTERNAL,
+                format!("netattach: pod {}: release: {e:#}", pod.label),
+            )
+        })?;
+    if super::owners::valid_pod_id(&pod.id) {
+        if let Err(e) = owners.forget(&pod.id) {
+            nri_log!(warn, "pod {}: {e}", pod.id);
+        }
+    }
+    if !released.is_empty() {
+        nri_log!(
+            info,
+            "pod {} ({}): removed, released {}",
+            pod.label,
+            pod.id,
+            describe_leases(&released)
+        );
+    }
+    Ok(())
+}
+
+/// The ids of removed pods, the oldest forgotten past [`REMEMBERED_REMOVALS`].
+#[derive(Default)]
+struct Removed {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Removed {
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            if self.order.len() > REMEMBERED_REMOVALS {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
     }
 }
 
@@ -391,10 +503,17 @@ fn attach(
 
 /// Re-attaches (idempotently) the pods a `Synchronize` listed, skipping those
 /// removed meanwhile and those whose netns is gone (stopped pods).
-fn recheck_pods(plugin: &Plugin, runtime: &str, removed: &Mutex<HashSet<String>>, pods: &[Pod]) {
+fn recheck_pods(plugin: &Plugin, runtime: &str, removed: &Mutex<Removed>, pods: &[Pod]) {
     let owners = Owners::new(&plugin.paths().state_dir, runtime);
     for pod in pods {
-        let _engine = lock(&plugin.engine);
+        let what = format!("the re-check of pod {}", pod.label);
+        let _turn = match plugin.turn(what, Deadline::default_wait()) {
+            Ok(turn) => turn,
+            Err(e) => {
+                nri_log!(warn, "re-check: pod {} ({}): {e}", pod.label, pod.id);
+                continue;
+            }
+        };
         if lock(removed).contains(&pod.id) || !Path::new(&pod.netns).exists() {
             continue;
         }
@@ -451,10 +570,11 @@ fn empty() -> Reply {
 
 impl Service for Connection {
     fn call(&self, method: &str, payload: &[u8], timeout: Option<Duration>) -> Reply {
+        let started = Instant::now();
         let budget = timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         let result = match method {
             "Configure" => self.configure(payload),
-            "Synchronize" => self.synchronize(payload),
+            "Synchronize" => self.synchronize(payload, Deadline::within(started, budget)),
             "Shutdown" => {
                 nri_log!(info, "the runtime asked the plugin to shut down");
                 return Reply {
@@ -467,7 +587,7 @@ impl Service for Connection {
                 .and_then(|ev| {
                     let event = ev.event.enum_value().unwrap_or(Event::UNKNOWN);
                     match ev.pod.as_ref() {
-                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), budget),
+                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), started, budget),
                         None => Ok(()),
                     }
                 })
@@ -481,7 +601,7 @@ impl Service for Connection {
                 PodSandboxRequest::parse_from_bytes(payload)
                     .map_err(malformed)
                     .and_then(|req| match req.pod.as_ref() {
-                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), budget),
+                        Some(pod) => self.pod_event(event, &Pod::from_proto(pod), started, budget),
                         None => Ok(()),
                     })
                     .map(|()| Vec::new())

@@ -32,6 +32,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -472,11 +473,31 @@ pub fn netns_names() -> Vec<String> {
 /// `netattach hook VERB` as runc calls it: the state on stdin (without pid),
 /// the netns given by the bundle's config.json, which carries `annotation`.
 pub fn hook(lan: &FakeLan, verb: &str, id: &str, netns: &Netns, annotation: &str) -> Output {
+    hook_with_timeout(lan, verb, id, netns, annotation, None)
+}
+
+/// `hook`, with the bundle giving netattach's hook entry `timeout` seconds
+/// (as podman copies it from `hooks.d`).
+pub fn hook_with_timeout(
+    lan: &FakeLan,
+    verb: &str,
+    id: &str,
+    netns: &Netns,
+    annotation: &str,
+    timeout: Option<u64>,
+) -> Output {
     let bundle = lan.dir.path().join(format!("bundle-{id}"));
     std::fs::create_dir_all(&bundle).unwrap();
+    let phase = if verb == "release" {
+        "poststop"
+    } else {
+        "createRuntime"
+    };
+    let entry = serde_json::json!({ "path": bin(), "args": ["netattach", "hook", verb], "timeout": timeout });
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "annotations": { "netattach/networks": annotation },
+        "hooks": { phase: [entry] },
         "linux": { "namespaces": [ { "type": "network", "path": netns.path_str() } ] }
     });
     std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
@@ -531,4 +552,49 @@ pub fn arp_answerers(lan: &FakeLan, addr: &str) -> BTreeSet<String> {
             Some(l[open + 1..close].to_ascii_lowercase())
         })
         .collect()
+}
+
+/// A process holding an exclusive flock on a file (util-linux `flock`), as a
+/// stuck netattach would hold the lease store's write lock; killed on drop.
+pub struct LockHolder {
+    child: std::process::Child,
+}
+
+impl LockHolder {
+    /// Returns once the lock is held.
+    pub fn new(path: &Path) -> LockHolder {
+        let mut child = Command::new("flock")
+            .arg("--close")
+            .arg(path)
+            .args(["sh", "-c", "echo locked; exec sleep 600"])
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("run flock");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+        LockHolder { child }
+    }
+
+    /// The pid that holds the lock (the `flock` process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        run_ok("kill", &[&format!("-{signal}"), &self.pid().to_string()]);
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        // The whole group: flock and its sleep.
+        let _ = run("kill", &["-KILL", "--", &format!("-{}", self.pid())]);
+        let _ = self.child.wait();
+    }
 }
