@@ -736,8 +736,27 @@ impl NetworkDir {
         Ok(self.dir.join(format!("{name}.json")))
     }
 
+    /// Refuses a directory other users can write (they could define or
+    /// change networks); a missing one is empty, not an error.
+    fn check_dir(&self) -> Result<(), ConfigError> {
+        match crate::secure_fs::refuse_shared(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(ConfigError::Io {
+                path: self.dir.clone(),
+                error,
+            }),
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Loads and validates one network.
     pub fn load(&self, name: &str) -> Result<Network, ConfigError> {
+        self.check_dir()?;
+        self.load_file(name)
+    }
+
+    /// `load` in a directory already checked.
+    fn load_file(&self, name: &str) -> Result<Network, ConfigError> {
         let path = self.file_of(name)?;
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -771,6 +790,7 @@ impl NetworkDir {
     /// about, `ls` and `doctor` to show, `rm` to remove) and does not stop the
     /// others. Only an unreadable directory is an error.
     pub fn list(&self) -> Result<Definitions, ConfigError> {
+        self.check_dir()?;
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Definitions::default()),
@@ -792,7 +812,7 @@ impl NetworkDir {
         names.sort();
         let mut defs = Definitions::default();
         for name in names {
-            match self.load(&name) {
+            match self.load_file(&name) {
                 Ok(net) => defs.networks.push(net),
                 // Gone between readdir and open: a concurrent `network rm`.
                 Err(ConfigError::NotFound(_)) => {}
@@ -810,6 +830,7 @@ impl NetworkDir {
             path: self.dir.clone(),
             error,
         })?;
+        self.check_dir()?;
         // pid + counter: unique across processes and across threads of one process.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);

@@ -204,9 +204,19 @@ pub fn release(store: &dyn LeaseStore, owner: &str, hint: Option<&Path>) -> Resu
     if kept.is_empty() {
         return Ok(store.release_owner(owner)?);
     }
-    store.release_networks(owner, &freeable)?;
+    let freed = store.release_networks(owner, &freeable)?;
+    let freed: Vec<String> = freed
+        .iter()
+        .map(|l| format!("{} {}", l.network, l.address))
+        .collect();
     bail!(
-        "kept the leases of {owner} whose interface is still up in a live network namespace: {}",
+        "released {}; kept the leases of {owner} whose interface is still up in a live network \
+         namespace: {}",
+        if freed.is_empty() {
+            "nothing".to_string()
+        } else {
+            freed.join(", ")
+        },
         kept.join("; ")
     )
 }
@@ -418,13 +428,29 @@ fn create_link(
         netns_fd: Some(target.raw_fd()),
     };
     create_with_teardown_retry(host, &new).map_err(|e| explain_create_error(net, e))?;
-    let link = inside.link_by_name(&tmp)?.ok_or_else(|| {
-        anyhow!(
-            "network {}: new link {tmp} not found in the netns",
-            net.name
-        )
-    })?;
-    Ok(link.index)
+    match inside.link_by_name(&tmp) {
+        Ok(Some(link)) => Ok(link.index),
+        // The link exists but is not in `created` yet, so rollback would miss
+        // it: look once more and delete it before failing.
+        lookup => {
+            let why = match lookup {
+                Err(e) => format!("{e}"),
+                _ => "not found".to_string(),
+            };
+            let cleanup = match inside.link_by_name(&tmp) {
+                Ok(Some(link)) => inside
+                    .delete_link(link.index)
+                    .map(|()| "deleted".to_string())
+                    .unwrap_or_else(|e| format!("left behind: {e}")),
+                Ok(None) => "gone".to_string(),
+                Err(e) => format!("left for the next attach to remove: {e}"),
+            };
+            bail!(
+                "network {}: the new link {tmp} could not be looked up in the netns ({why}); {cleanup}",
+                net.name
+            )
+        }
+    }
 }
 
 /// How long a sharing refusal of the kernel is retried. The kernel tears a

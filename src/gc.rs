@@ -1,7 +1,7 @@
 //! Freeing what owners that are gone left behind: attachments whose netns no
 //! process holds and no bind mount keeps alive anymore (see [`crate::liveness`]).
 
-use crate::ipam::{IpamError, Lease, LeaseStore};
+use crate::ipam::{Lease, LeaseStore};
 use crate::liveness::{Found, Namespaces};
 
 /// What `collect` freed for one attachment whose netns is gone.
@@ -16,7 +16,12 @@ pub struct Freed {
 /// Frees the leases and attachments of owners whose netns no longer exists
 /// anywhere on this host. A namespace is the same only if both its inode and
 /// its cookie match: the kernel reuses inode numbers.
-pub fn collect(store: &dyn LeaseStore) -> Result<Vec<Freed>, IpamError> {
+///
+/// Refuses (frees nothing) when this process cannot see every process of the
+/// host: namespaces held only by the others would look gone.
+pub fn collect(store: &dyn LeaseStore) -> anyhow::Result<Vec<Freed>> {
+    crate::liveness::sees_every_process()
+        .map_err(|why| anyhow::anyhow!("gc frees nothing: {why}"))?;
     let attachments = store.attachments()?;
     if attachments.is_empty() {
         return Ok(Vec::new());

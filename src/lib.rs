@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nri;
 pub mod plan;
 pub mod request;
+pub mod secure_fs;
 pub mod sharing;
 pub mod timing;
 pub mod vlan;

@@ -93,6 +93,26 @@ pub enum Found {
     Unknown,
 }
 
+/// The inode of the host's (initial) pid namespace, fixed by the kernel
+/// (`PROC_PID_INIT_INO`).
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// Whether this process sees every process of the host. Without that (run
+/// from a container without the host's pid namespace) a namespace held only by
+/// processes we cannot see would look gone, and its owner's leases would be
+/// freed while in use; the reason is returned instead.
+pub fn sees_every_process() -> Result<(), String> {
+    match fs::metadata("/proc/self/ns/pid") {
+        Ok(m) if m.ino() == INITIAL_PID_NAMESPACE => Ok(()),
+        Ok(_) => Err(
+            "this process runs in a pid namespace of its own and cannot see the \
+                      host's processes (run it on the host, or with the host's pid namespace)"
+                .to_string(),
+        ),
+        Err(e) => Err(format!("cannot read /proc/self/ns/pid: {e}")),
+    }
+}
+
 /// Looks recorded namespaces up, scanning `/proc` at most once and only when
 /// a path given up front (the netns a face knows) does not answer.
 #[derive(Default)]
@@ -100,11 +120,19 @@ pub struct Namespaces {
     hints: Vec<PathBuf>,
     live: Option<HashMap<u64, PathBuf>>,
     cookies: HashMap<PathBuf, Option<(u64, u64)>>,
+    /// `sees_every_process`, asked once; without it nothing is ever `Gone`.
+    blind: Option<bool>,
 }
 
 impl Namespaces {
     pub fn new() -> Namespaces {
         Namespaces::default()
+    }
+
+    fn blind(&mut self) -> bool {
+        *self
+            .blind
+            .get_or_insert_with(|| sees_every_process().is_err())
     }
 
     /// A path that may open the namespace asked about (checked by inode and
@@ -131,6 +159,9 @@ impl Namespaces {
             if self.id_at(&hint) == Some((inode, cookie)) {
                 return Found::Alive(hint);
             }
+        }
+        if self.blind() {
+            return Found::Unknown;
         }
         let path = match self.live.get_or_insert_with(live_netns).get(&inode) {
             None => return Found::Gone,

@@ -90,7 +90,10 @@ fn a_stopped_lock_holder_fails_hooks_within_their_timeout() {
     assert!(!out.status.success(), "doctor flags the stopped holder");
     let report: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
     let problems = report["host"][0]["problems"].to_string();
-    assert!(problems.contains(&pid) && problems.contains("stopped"), "{problems}");
+    assert!(
+        problems.contains(&pid) && problems.contains("stopped"),
+        "{problems}"
+    );
 
     let c = lan.container_ns("late");
     let started = Instant::now();
@@ -116,4 +119,91 @@ fn a_stopped_lock_holder_fails_hooks_within_their_timeout() {
     assert!(out.status.success(), "{}", common::text(&out));
     common::assert_bare(&c);
     assert_eq!(lan.leases_json().as_array().unwrap().len(), 0);
+}
+
+/// A state or config directory other users can write is refused with the
+/// fix; new state is private; a symlink planted for the lock is not followed.
+#[test]
+fn shared_directories_are_refused_and_state_is_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    let c = lan.container_ns("c");
+    let attach = |id: &str| lan.netattach(&["attach", "--netns", c.path_str(), "--id", id, "lan"]);
+    let out = attach("one");
+    assert!(out.status.success(), "{}", common::text(&out));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    for file in ["leases.db", "leases.lock"] {
+        assert_eq!(mode(&lan.state_dir.join(file)), 0o600, "{file}");
+    }
+    lan.netattach_ok(&["detach", "--id", "one"]);
+
+    for dir in [&lan.state_dir, &lan.config_dir] {
+        let before = std::fs::metadata(dir).unwrap().permissions();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = attach("two");
+        std::fs::set_permissions(dir, before).unwrap();
+        assert!(!out.status.success(), "{} shared", dir.display());
+        let err = common::stderr(&out);
+        assert!(
+            err.contains("writable by other users") && err.contains("chmod go-w"),
+            "{err}"
+        );
+        common::assert_bare(&c);
+    }
+
+    // A fresh state dir: the lock file replaced by a symlink is refused.
+    let fresh = lan.dir.path().join("fresh-state");
+    std::fs::create_dir(&fresh).unwrap();
+    let target = lan.dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, fresh.join("leases.lock")).unwrap();
+    let out = lan
+        .command_in_host(common::bin())
+        .args(["--config-dir", lan.config_dir_str()])
+        .arg("--state-dir")
+        .arg(&fresh)
+        .args(["attach", "--netns", c.path_str(), "--id", "three", "lan"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("leases.lock"),
+        "{}",
+        common::text(&out)
+    );
+    assert!(!target.exists(), "the symlink was not followed");
+    common::assert_bare(&c);
+}
+
+/// gc run where it cannot see the host's processes (its own pid namespace)
+/// refuses and frees nothing, saying why.
+#[test]
+fn gc_without_the_host_pid_namespace_frees_nothing() {
+    if common::skip_unless_root() || common::skip_unless(common::have("unshare"), "no unshare(1)")
+    {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    let c = lan.container_ns("c");
+    lan.netattach_ok(&["attach", "--netns", c.path_str(), "--id", "kept", "lan"]);
+    let out = lan
+        .command_in_host("unshare")
+        .args(["--pid", "--fork", "--mount-proc", common::bin()])
+        .args(["--config-dir", lan.config_dir_str()])
+        .args(["--state-dir", lan.state_dir_str(), "gc"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", common::text(&out));
+    let err = common::stderr(&out);
+    assert!(err.contains("frees nothing") && err.contains("pid namespace"), "{err}");
+    assert_eq!(lan.leases_json().as_array().unwrap().len(), 1);
+    let out = lan.netattach(&["gc"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(lan.leases_json().as_array().unwrap().len(), 1, "a live owner");
+    lan.netattach_ok(&["detach", "--id", "kept"]);
+    common::assert_bare(&c);
 }

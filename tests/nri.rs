@@ -880,7 +880,9 @@ fn stuck_store_fails_pods_in_budget_and_a_removed_pod_stays_detached() {
     let run2 = send(&two, false);
     let remove2 = send(&two, true);
     drop(holder);
-    run3.join().unwrap().expect("pod three attaches once the store is free");
+    run3.join()
+        .unwrap()
+        .expect("pod three attaches once the store is free");
     let (_, message) = run2.join().unwrap().expect_err("pod two was removed");
     assert!(message.contains("removed"), "{message}");
     remove2.join().unwrap().expect("RemovePodSandbox");

@@ -60,8 +60,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{
-    config::DbConfig, params, Connection, ErrorCode, OptionalExtension, Row, Transaction,
-    TransactionBehavior,
+    config::DbConfig, params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
+    Transaction, TransactionBehavior,
 };
 
 use super::pool::{addr_to_u128, ranges_label, u128_to_addr};
@@ -338,15 +338,24 @@ impl SqliteStore {
         segment_of: SegmentOf<'_>,
     ) -> Result<SqliteStore, IpamError> {
         let new_dir = !state_dir.is_dir();
-        fs::create_dir_all(state_dir)
+        crate::secure_fs::private_dir(state_dir)
             .map_err(|e| IpamError::Store(format!("{}: {e}", state_dir.display())))?;
         let path = state_dir.join(DB_FILE);
         let new_file = !path.exists();
+        if new_file {
+            // SQLite would create it 0644; its -wal and -shm files take its mode.
+            crate::secure_fs::private_file(&path)
+                .map_err(|e| IpamError::Store(format!("{}: {e}", path.display())))?;
+        }
         let at = |e: rusqlite::Error| match db(e) {
             IpamError::Store(m) => IpamError::Store(format!("{}: {m}", path.display())),
             other => other,
         };
-        let mut conn = Connection::open(&path).map_err(at)?;
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(at)?;
         // SQLite's own busy_timeout backs off to 100 ms sleeps: under many parallel
         // hooks a waiter keeps missing the short gaps between other writers' commits
         // and can starve for seconds. Poll at a short, steady interval instead,
@@ -394,11 +403,7 @@ impl SqliteStore {
             }
         }
         let queue_path = state_dir.join(LOCK_FILE);
-        let queue = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&queue_path)
+        let queue = crate::secure_fs::private_file(&queue_path)
             .map_err(|e| IpamError::Store(format!("{}: {e}", queue_path.display())))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),

@@ -41,8 +41,8 @@ impl Owners {
 
     pub fn record(&self, pod_id: &str) -> io::Result<()> {
         check(pod_id)?;
-        fs::create_dir_all(&self.dir)?;
-        fs::write(self.dir.join(pod_id), b"")
+        crate::secure_fs::private_dir(&self.dir)?;
+        crate::secure_fs::private_file(&self.dir.join(pod_id)).map(drop)
     }
 
     pub fn forget(&self, pod_id: &str) -> io::Result<()> {

@@ -112,8 +112,8 @@ impl Plugin {
                 return Ok(store.clone());
             }
         }
-        std::fs::create_dir_all(&state_dir)
-            .with_context(|| format!("create state directory {}", state_dir.display()))?;
+        crate::secure_fs::private_dir(&state_dir)
+            .with_context(|| format!("state directory {}", state_dir.display()))?;
         let networks = NetworkDir::new(self.paths().config_dir);
         let store = Arc::new(SqliteStore::open_for(&state_dir, &networks)?);
         *slot = Some((state_dir, store.clone()));
