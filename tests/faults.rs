@@ -182,8 +182,7 @@ fn shared_directories_are_refused_and_state_is_private() {
 /// refuses and frees nothing, saying why.
 #[test]
 fn gc_without_the_host_pid_namespace_frees_nothing() {
-    if common::skip_unless_root() || common::skip_unless(common::have("unshare"), "no unshare(1)")
-    {
+    if common::skip_unless_root() || common::skip_unless(common::have("unshare"), "no unshare(1)") {
         return;
     }
     let lan = FakeLan::new();
@@ -199,11 +198,18 @@ fn gc_without_the_host_pid_namespace_frees_nothing() {
         .unwrap();
     assert!(!out.status.success(), "{}", common::text(&out));
     let err = common::stderr(&out);
-    assert!(err.contains("frees nothing") && err.contains("pid namespace"), "{err}");
+    assert!(
+        err.contains("frees nothing") && err.contains("pid namespace"),
+        "{err}"
+    );
     assert_eq!(lan.leases_json().as_array().unwrap().len(), 1);
     let out = lan.netattach(&["gc"]);
     assert!(out.status.success(), "{}", common::text(&out));
-    assert_eq!(lan.leases_json().as_array().unwrap().len(), 1, "a live owner");
+    assert_eq!(
+        lan.leases_json().as_array().unwrap().len(),
+        1,
+        "a live owner"
+    );
     lan.netattach_ok(&["detach", "--id", "kept"]);
     common::assert_bare(&c);
 }
