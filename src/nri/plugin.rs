@@ -17,7 +17,7 @@
 //!   (valid) responses; the v0.12 post-events and anything unknown answer
 //!   UNIMPLEMENTED, the code after which a runtime falls back to `StateChange`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -61,8 +61,8 @@ pub struct Paths {
 /// next `Synchronize` (or `gc`).
 const DEFERRED_RELEASE_WAIT: Duration = Duration::from_secs(60);
 
-/// Removed pods remembered so that a late attach never brings one back (ids
-/// are unique; this only bounds memory).
+/// Removals remembered so that a late attach never brings a removed pod back
+/// (this only bounds memory: a late attach comes within one request budget).
 const REMEMBERED_REMOVALS: usize = 4096;
 
 /// What outlives a connection: paths, the open lease store, and the turns
@@ -301,9 +301,10 @@ impl Connection {
             let plugin = self.plugin.clone();
             let removed = self.removed.clone();
             let runtime = lock(&self.runtime).clone();
+            let listed = Instant::now();
             std::thread::Builder::new()
                 .name("nri-recheck".into())
-                .spawn(move || recheck_pods(&plugin, &runtime, &removed, &recheck))
+                .spawn(move || recheck_pods(&plugin, &runtime, &removed, listed, &recheck))
                 .context("start the re-check thread")?;
         }
         Ok(())
@@ -339,7 +340,7 @@ impl Connection {
                 Deadline::within(started, budget),
             )
             .map_err(|e| fail(code::DEADLINE_EXCEEDED, e))?;
-        if lock(&self.removed).contains(&pod.id) {
+        if lock(&self.removed).since(&pod.id, started) {
             return Err(fail(
                 code::FAILED_PRECONDITION,
                 "the pod was removed before its networks could be attached".into(),
@@ -372,7 +373,7 @@ impl Connection {
     /// releases it in turn; when the turn does not come within the budget the
     /// release goes on in the background and the runtime is answered.
     fn remove_pod(&self, pod: &Pod, started: Instant, budget: Duration) -> Result<(), RpcError> {
-        lock(&self.removed).insert(&pod.id);
+        lock(&self.removed).insert(&pod.id, started);
         let what = format!("the release of pod {}", pod.label);
         match self
             .plugin
@@ -458,27 +459,31 @@ fn release_pod(plugin: &Plugin, owners: &Owners, pod: &Pod) -> Result<(), RpcErr
     Ok(())
 }
 
-/// The ids of removed pods, the oldest forgotten past [`REMEMBERED_REMOVALS`].
+/// When each pod was last removed (the removal's arrival), the oldest
+/// forgotten past [`REMEMBERED_REMOVALS`]. A request that arrived before the
+/// removal is late and must not attach; one that arrived after it (a runtime
+/// reusing the id) is a new pod.
 #[derive(Default)]
 struct Removed {
-    ids: HashSet<String>,
+    at: HashMap<String, Instant>,
     order: VecDeque<String>,
 }
 
 impl Removed {
-    fn insert(&mut self, id: &str) {
-        if self.ids.insert(id.to_string()) {
+    fn insert(&mut self, id: &str, arrived: Instant) {
+        if self.at.insert(id.to_string(), arrived).is_none() {
             self.order.push_back(id.to_string());
             if self.order.len() > REMEMBERED_REMOVALS {
                 if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
+                    self.at.remove(&old);
                 }
             }
         }
     }
 
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+    /// Whether `id` was removed by a request that arrived at or after `arrived`.
+    fn since(&self, id: &str, arrived: Instant) -> bool {
+        self.at.get(id).is_some_and(|removal| *removal >= arrived)
     }
 }
 
@@ -503,7 +508,13 @@ fn attach(
 
 /// Re-attaches (idempotently) the pods a `Synchronize` listed, skipping those
 /// removed meanwhile and those whose netns is gone (stopped pods).
-fn recheck_pods(plugin: &Plugin, runtime: &str, removed: &Mutex<Removed>, pods: &[Pod]) {
+fn recheck_pods(
+    plugin: &Plugin,
+    runtime: &str,
+    removed: &Mutex<Removed>,
+    listed: Instant,
+    pods: &[Pod],
+) {
     let owners = Owners::new(&plugin.paths().state_dir, runtime);
     for pod in pods {
         let what = format!("the re-check of pod {}", pod.label);
@@ -514,7 +525,7 @@ fn recheck_pods(plugin: &Plugin, runtime: &str, removed: &Mutex<Removed>, pods: 
                 continue;
             }
         };
-        if lock(removed).contains(&pod.id) || !Path::new(&pod.netns).exists() {
+        if lock(removed).since(&pod.id, listed) || !Path::new(&pod.netns).exists() {
             continue;
         }
         let Some(value) = &pod.annotation else {
@@ -680,5 +691,21 @@ mod tests {
         assert!(!dir.exists());
         let r = conn.call("StateChange", &[0xff, 0xff], None);
         assert_eq!(r.result.unwrap_err().code, code::INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn a_removal_refuses_earlier_requests_but_not_a_reused_id() {
+        let mut removed = Removed::default();
+        let before = Instant::now();
+        removed.insert("p", Instant::now());
+        let after = Instant::now() + Duration::from_millis(1);
+        assert!(removed.since("p", before), "a late run of the removed pod");
+        assert!(!removed.since("p", after), "a new pod with the same id");
+        assert!(!removed.since("q", before));
+        for i in 0..=REMEMBERED_REMOVALS {
+            removed.insert(&format!("x{i}"), Instant::now());
+        }
+        assert!(!removed.since("p", before), "the oldest is forgotten");
+        assert_eq!(removed.at.len(), REMEMBERED_REMOVALS);
     }
 }
