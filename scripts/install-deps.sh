@@ -45,5 +45,7 @@ else
     echo "install-deps: done"
 fi
 
-# Debian's kernel for the test VM (tests/vm.rs), fetched once, not installed.
+# Debian's kernels for the test VM (tests/vm.rs), fetched once, not installed:
+# the machine's own release's, and Debian 11's 5.10 (no SO_NETNS_COOKIE).
 "$(dirname "$0")/vm/kernel.sh"
+"$(dirname "$0")/vm/kernel.sh" bullseye

@@ -109,6 +109,18 @@ pub fn lease_store_lock(queue: &std::path::Path) -> HostCheck {
     }
 }
 
+/// How attachments tell a live namespace from a later one with its inode
+/// number: the kernel's cookie, or netattach's mark on older kernels.
+pub fn netns_identity() -> HostCheck {
+    HostCheck {
+        check: "netns identity",
+        state: crate::identity::Scheme::of_this_kernel()
+            .describe()
+            .to_string(),
+        problems: Vec::new(),
+    }
+}
+
 /// The report line of a definition file that does not load.
 pub fn broken_definition(b: &BrokenDefinition) -> ParentState {
     ParentState {

@@ -12,8 +12,9 @@ use netlink_packet_route::link::{IpVlanFlags, IpVlanMode, MacVlanMode};
 use serde::Serialize;
 
 use crate::config::{Driver, IpvlanFlag, Mode, Network, NetworkDir};
+use crate::identity::{self, Identity};
 use crate::ipam::{Attachment, Lease, LeaseStore, Reservation};
-use crate::liveness::{parse_identity, Found, Namespaces};
+use crate::liveness::{Found, Namespaces};
 use crate::netlink::link::{Link, LinkKind, NewLink};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Netns};
@@ -140,7 +141,7 @@ fn attach_defined(
     let plans = plan::build(&todo_requests, &todo_networks, scope)?;
     crate::timing::mark("planned");
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
-    let identity = target.identity(inside.netns_cookie()?)?;
+    let identity = identity::for_attach(target, &mut inside, store.deadline())?.to_string();
     // The parent-sharing rules, addresses and MACs are settled in one
     // transaction; an owner in the way is first checked for being alive.
     let mut namespaces = Namespaces::new();
@@ -239,7 +240,8 @@ pub fn release_address(
         .find(|a| a.network == network);
     if let Some(a) = attachment.filter(|a| a.link.is_some()) {
         let mut namespaces = Namespaces::new();
-        if !matches!(namespaces.find(&a.netns), Found::Gone) && parse_identity(&a.netns).is_some() {
+        if !matches!(namespaces.find(&a.netns), Found::Gone) && Identity::parse(&a.netns).is_some()
+        {
             if !force {
                 bail!(
                     "{address} is on interface {} of {} (network {network}) in a live network namespace; \
@@ -262,7 +264,7 @@ pub fn release_address(
 /// the netns lives but the interface could not be removed, or the netns
 /// cannot be told apart from a live one.
 fn remove_live_interface(namespaces: &mut Namespaces, a: &Attachment) -> Result<()> {
-    if a.link.is_none() || parse_identity(&a.netns).is_none() {
+    if a.link.is_none() || Identity::parse(&a.netns).is_none() {
         return Ok(()); // a reservation, or nothing recorded to find
     }
     let path = match namespaces.find(&a.netns) {

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod engine;
 pub mod gc;
 pub mod hook;
+pub mod identity;
 pub mod ipam;
 pub mod liveness;
 pub mod locks;

@@ -1,5 +1,5 @@
 //! Whether the owner of a record is still alive: the network namespace an
-//! attachment recorded (`net:[INODE]#COOKIE`) is held by some process or bind
+//! attachment recorded (see [`crate::identity`]) is held by some process or bind
 //! mount on this host. Asked by `gc`, by a release (is the interface still on
 //! the wire?) and by the store before a conflict refuses an attach (a dead
 //! owner must not block anyone).
@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::identity::{self, Identity, Tag};
 use crate::ipam::Attachment;
 use crate::netns::Netns;
 
@@ -74,12 +75,6 @@ fn nsfs_mounts(mountinfo: &str) -> impl Iterator<Item = (u64, &str)> + '_ {
     })
 }
 
-/// The inode and cookie of a recorded identity `net:[INODE]#COOKIE`.
-pub fn parse_identity(identity: &str) -> Option<(u64, u64)> {
-    let (inode, cookie) = identity.strip_prefix("net:[")?.split_once("]#")?;
-    Some((inode.parse().ok()?, cookie.parse().ok()?))
-}
-
 /// What is known of a recorded namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -119,7 +114,8 @@ pub fn sees_every_process() -> Result<(), String> {
 pub struct Namespaces {
     hints: Vec<PathBuf>,
     live: Option<HashMap<u64, PathBuf>>,
-    cookies: HashMap<PathBuf, Option<(u64, u64)>>,
+    /// What each path opened showed, per kind of tag asked (`None`: unreadable).
+    seen: HashMap<(PathBuf, bool), Option<Option<Identity>>>,
     /// `sees_every_process`, asked once; without it nothing is ever `Gone`.
     blind: Option<bool>,
 }
@@ -135,41 +131,44 @@ impl Namespaces {
             .get_or_insert_with(|| sees_every_process().is_err())
     }
 
-    /// A path that may open the namespace asked about (checked by inode and
-    /// cookie before it is believed).
+    /// A path that may open the namespace asked about (checked by identity
+    /// before it is believed).
     pub fn with_hint(mut self, path: Option<&Path>) -> Namespaces {
         self.hints.extend(path.map(Path::to_path_buf));
         self
     }
 
-    /// (inode, cookie) of the namespace at `path`, once per path.
-    fn id_at(&mut self, path: &Path) -> Option<(u64, u64)> {
-        *self.cookies.entry(path.to_path_buf()).or_insert_with(|| {
-            let ns = Netns::open(path).ok()?;
-            Some((ns.id().ok()?.1, ns.cookie().ok()?))
-        })
+    /// The identity, in the kind of `like`, of the namespace at `path`, read
+    /// once per path: `Some(None)` when it has none of that kind (an unmarked
+    /// namespace), `None` when it cannot be read.
+    fn identity_at(&mut self, path: &Path, like: Tag) -> Option<Option<Identity>> {
+        let key = (path.to_path_buf(), matches!(like, Tag::Cookie(_)));
+        *self
+            .seen
+            .entry(key)
+            .or_insert_with(|| identity::read(&Netns::open(path).ok()?, like).ok())
     }
 
     /// Where the namespace recorded as `identity` is, if it still exists.
     pub fn find(&mut self, identity: &str) -> Found {
-        let Some((inode, cookie)) = parse_identity(identity) else {
+        let Some(wanted) = Identity::parse(identity) else {
             return Found::Unknown;
         };
         for hint in self.hints.clone() {
-            if self.id_at(&hint) == Some((inode, cookie)) {
+            if self.identity_at(&hint, wanted.tag) == Some(Some(wanted)) {
                 return Found::Alive(hint);
             }
         }
         if self.blind() {
             return Found::Unknown;
         }
-        let path = match self.live.get_or_insert_with(live_netns).get(&inode) {
+        let path = match self.live.get_or_insert_with(live_netns).get(&wanted.inode) {
             None => return Found::Gone,
             Some(p) => p.clone(),
         };
-        // The kernel reuses inode numbers: the cookie tells namespaces apart.
-        match self.id_at(&path) {
-            Some((_, c)) if c == cookie => Found::Alive(path),
+        // The kernel reuses inode numbers: the tag tells namespaces apart.
+        match self.identity_at(&path, wanted.tag) {
+            Some(Some(seen)) if seen == wanted => Found::Alive(path),
             Some(_) => Found::Gone,
             None => Found::Unknown,
         }
@@ -211,5 +210,6 @@ mod tests {
         assert_eq!(ns.find("/run/netns/x"), Found::Unknown);
         // An inode no namespace has.
         assert_eq!(ns.find("net:[1]#1"), Found::Gone);
+        assert_eq!(ns.find("net:[1]@0000000000000001"), Found::Gone);
     }
 }

@@ -41,19 +41,6 @@ impl Netns {
         Ok((meta.dev(), meta.ino()))
     }
 
-    /// How leases remember the namespace: `net:[INODE]#COOKIE`. The inode is
-    /// what `/proc/PID/ns/net` shows, but the kernel reuses inode numbers once a
-    /// namespace is gone; the cookie (SO_NETNS_COOKIE) is never reused.
-    pub fn identity(&self, cookie: u64) -> io::Result<String> {
-        Ok(format!("net:[{}]#{cookie}", self.id()?.1))
-    }
-
-    /// The namespace's cookie, read from a socket opened inside it.
-    pub fn cookie(&self) -> io::Result<u64> {
-        self.run(|| crate::netlink::Netlink::open()?.netns_cookie())?
-            .map_err(|e| io::Error::other(e.to_string()))
-    }
-
     /// Whether this is the namespace the calling thread is in.
     pub fn is_current(&self) -> io::Result<bool> {
         let own = std::fs::metadata("/proc/thread-self/ns/net")?;
@@ -87,6 +74,15 @@ pub fn in_scratch_netns<T: Send>(f: impl FnOnce() -> T + Send) -> io::Result<T> 
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// A new, empty network namespace that lives as long as the handle, for the
+/// unit tests (needs root). Its path, `/proc/self/fd/N`, opens it again.
+#[cfg(test)]
+pub fn scratch() -> io::Result<Netns> {
+    let file = in_scratch_netns(|| File::open("/proc/thread-self/ns/net"))??;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    Ok(Netns { file, path })
 }
 
 /// Writes a per-interface sysctl of the calling thread's namespace, e.g.

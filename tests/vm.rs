@@ -6,8 +6,11 @@
 //!   - tests/attach_macvlan.rs (the host's macvlan tests, proving the VM path),
 //!   - the runc tests of tests/e2e_runtimes.rs (a real container start),
 //!
-//! and reports one libtest-style line per in-VM test, read from markers on
-//! the serial console. Not a libtest harness (`harness = false`): it is one
+//! and boots Debian 11's kernel (5.10: no `SO_NETNS_COOKIE`, so namespaces
+//! are told apart by netattach's own mark) for the attach, release, gc and
+//! crash tests again (tests/attach_macvlan.rs, tests/crash_safety.rs). It
+//! reports one libtest-style line per in-VM test, read from markers on
+//! the serial console; the old kernel's tests are named `bullseye::SUITE::NAME`. Not a libtest harness (`harness = false`): it is one
 //! boot for many tests. Filters given to `cargo test` select in-VM tests by
 //! `SUITE::NAME` substring; when none is selected the VM is not booted.
 //!
@@ -51,6 +54,49 @@ const SUITES: &[Suite] = &[
     },
 ];
 
+/// The test suites run again under Debian 11's kernel.
+const OLD_KERNEL_SUITES: &[Suite] = &[
+    Suite {
+        name: "attach_macvlan",
+        args: &[],
+        prefix: "",
+    },
+    Suite {
+        name: "crash_safety",
+        args: &[],
+        prefix: "",
+    },
+];
+
+/// A kernel to boot and the suites to run under it.
+struct Kernel {
+    /// Prefix of its tests' names (`""` for the machine's own release).
+    label: &'static str,
+    /// The folder scripts/vm/kernel.sh fills for it.
+    dir: PathBuf,
+    suites: &'static [Suite],
+}
+
+fn kernels() -> Vec<Kernel> {
+    let base = std::env::var_os("NETATTACH_VM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/netattach/vm"));
+    let mut old = base.clone().into_os_string();
+    old.push("-bullseye");
+    vec![
+        Kernel {
+            label: "",
+            dir: base,
+            suites: SUITES,
+        },
+        Kernel {
+            label: "bullseye::",
+            dir: PathBuf::from(old),
+            suites: OLD_KERNEL_SUITES,
+        },
+    ]
+}
+
 /// Programs and files the VM suites need besides netattach, each at its own
 /// absolute path: runc, and bash for scripts/make-rootfs.sh.
 fn extra_files() -> Vec<PathBuf> {
@@ -81,7 +127,8 @@ fn main() -> ExitCode {
     let filters = filters(&args);
     let started = Instant::now();
 
-    let missing = missing_prerequisites();
+    let kernels = kernels();
+    let missing = missing_prerequisites(&kernels);
     if !missing.is_empty() {
         let reason = missing.join("; ");
         if std::env::var("NETATTACH_TESTS_STRICT").is_ok_and(|v| v == "1") {
@@ -94,59 +141,72 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let binaries = match build_test_binaries() {
+    let binaries = match build_test_binaries(&kernels) {
         Ok(b) => b,
         Err(e) => return fail_whole_run(&format!("building the test binaries: {e}"), started),
     };
-    // Which tests run: listed on the host (listing needs no ipvlan).
-    let mut plan = Vec::new();
+    // Which tests run under which kernel: listed on the host (listing needs
+    // no ipvlan).
+    let mut plans = Vec::new();
     let mut filtered_out = 0;
-    for suite in SUITES {
-        let names = list_tests(&binaries[suite.name], suite.args);
-        let (chosen, rest): (Vec<String>, Vec<String>) = names
-            .into_iter()
-            .filter(|n| n.starts_with(suite.prefix))
-            .partition(|n| selected(&format!("{}::{n}", suite.name), &filters));
-        filtered_out += rest.len();
-        if !chosen.is_empty() {
-            plan.push((suite, chosen));
+    for kernel in &kernels {
+        let mut plan = Vec::new();
+        for suite in kernel.suites {
+            let names = list_tests(&binaries[suite.name], suite.args);
+            let (chosen, rest): (Vec<String>, Vec<String>) = names
+                .into_iter()
+                .filter(|n| n.starts_with(suite.prefix))
+                .partition(|n| selected(&format!("{}{}::{n}", kernel.label, suite.name), &filters));
+            filtered_out += rest.len();
+            if !chosen.is_empty() {
+                plan.push((suite, chosen));
+            }
+        }
+        if !plan.is_empty() {
+            plans.push((kernel, plan));
         }
     }
-    let total: usize = plan.iter().map(|(_, c)| c.len()).sum();
+    let total: usize = plans
+        .iter()
+        .flat_map(|(_, plan)| plan.iter().map(|(_, c)| c.len()))
+        .sum();
     println!("\nrunning {total} tests (in a VM)");
     if total == 0 {
         summary(0, 0, filtered_out, started);
         return ExitCode::SUCCESS;
     }
 
-    let console = match boot(&binaries, &plan) {
-        Ok(c) => c,
-        Err(e) => return fail_whole_run(&format!("VM: {e}"), started),
-    };
-    let results = parse_console(&console);
-
     let (mut passed, mut failed) = (0, 0);
-    for (suite, chosen) in &plan {
-        let suite = suite.name;
-        let got = results.get(suite);
-        for name in chosen {
-            let outcome = got
-                .and_then(|r| r.tests.get(name))
-                .map(String::as_str)
-                .unwrap_or("FAILED (no result from the VM)");
-            println!("test {suite}::{name} ... {outcome}");
-            if outcome == "ok" {
-                passed += 1;
-            } else {
-                failed += 1;
+    for (kernel, plan) in &plans {
+        let console = match boot(kernel, &binaries, plan) {
+            Ok(c) => c,
+            Err(e) => return fail_whole_run(&format!("VM: {e}"), started),
+        };
+        let results = parse_console(&console);
+        let mut failed_here = 0;
+        for (suite, chosen) in plan {
+            let suite = suite.name;
+            let got = results.get(suite);
+            for name in chosen {
+                let outcome = got
+                    .and_then(|r| r.tests.get(name))
+                    .map(String::as_str)
+                    .unwrap_or("FAILED (no result from the VM)");
+                println!("test {}{suite}::{name} ... {outcome}", kernel.label);
+                if outcome == "ok" {
+                    passed += 1;
+                } else {
+                    failed_here += 1;
+                }
             }
         }
-    }
-    if failed > 0 {
-        println!("\n---- VM console ----");
-        for line in &console {
-            println!("{line}");
+        if failed_here > 0 {
+            println!("\n---- VM console ({}) ----", kernel.dir.display());
+            for line in &console {
+                println!("{line}");
+            }
         }
+        failed += failed_here;
     }
     summary(passed, failed, filtered_out, started);
     if failed == 0 {
@@ -182,7 +242,7 @@ fn selected(name: &str, filters: &[String]) -> bool {
     filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
-fn missing_prerequisites() -> Vec<String> {
+fn missing_prerequisites(kernels: &[Kernel]) -> Vec<String> {
     let mut missing = Vec::new();
     if !common::is_root() {
         missing.push("needs root (network namespaces in the VM's initramfs build)".into());
@@ -197,24 +257,31 @@ fn missing_prerequisites() -> Vec<String> {
             missing.push(format!("needs {tool} to build the initramfs"));
         }
     }
-    if !kernel_dir().join("modules.order").is_file() {
-        missing.push(format!(
-            "no VM kernel in {} (scripts/vm/kernel.sh)",
-            kernel_dir().display()
-        ));
+    for kernel in kernels {
+        if !kernel.dir.join("modules.order").is_file() {
+            missing.push(format!(
+                "no VM kernel in {} (scripts/vm/kernel.sh{})",
+                kernel.dir.display(),
+                if kernel.label.is_empty() {
+                    ""
+                } else {
+                    " bullseye"
+                }
+            ));
+        }
     }
     missing
 }
 
-fn kernel_dir() -> PathBuf {
-    std::env::var_os("NETATTACH_VM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/netattach/vm"))
-}
-
 /// The executables of the in-VM suites, built (or found up to date) by the
 /// same cargo and profile as this runner.
-fn build_test_binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
+fn build_test_binaries(kernels: &[Kernel]) -> Result<BTreeMap<&'static str, PathBuf>, String> {
+    let mut suites: Vec<&str> = kernels
+        .iter()
+        .flat_map(|k| k.suites.iter().map(|s| s.name))
+        .collect();
+    suites.sort_unstable();
+    suites.dedup();
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["test", "--no-run", "--message-format=json"])
         .current_dir(REPO)
@@ -235,8 +302,8 @@ fn build_test_binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
         }
         None => return Err(format!("unexpected location {}", exe.display())),
     }
-    for suite in SUITES {
-        cmd.args(["--test", suite.name]);
+    for suite in &suites {
+        cmd.args(["--test", suite]);
     }
     let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
     if !out.status.success() {
@@ -251,14 +318,14 @@ fn build_test_binaries() -> Result<BTreeMap<&'static str, PathBuf>, String> {
         else {
             continue;
         };
-        if let Some(suite) = SUITES.iter().find(|s| s.name == name) {
+        if let Some(suite) = suites.iter().find(|s| **s == name) {
             if msg["profile"]["test"] == true {
-                found.insert(suite.name, PathBuf::from(exe));
+                found.insert(*suite, PathBuf::from(exe));
             }
         }
     }
-    match SUITES.iter().find(|s| !found.contains_key(s.name)) {
-        Some(s) => Err(format!("cargo named no executable for {}", s.name)),
+    match suites.iter().find(|s| !found.contains_key(*s)) {
+        Some(s) => Err(format!("cargo named no executable for {s}")),
         None => Ok(found),
     }
 }
@@ -279,6 +346,7 @@ fn list_tests(binary: &Path, suite_args: &[&str]) -> Vec<String> {
 
 /// Builds the initramfs, boots it and returns the console lines.
 fn boot(
+    kernel: &Kernel,
     binaries: &BTreeMap<&'static str, PathBuf>,
     plan: &[(&Suite, Vec<String>)],
 ) -> Result<Vec<String>, String> {
@@ -298,6 +366,7 @@ fn boot(
     std::fs::write(&plan_file, lines).map_err(|e| e.to_string())?;
     let initrd = work.path().join("initrd.gz");
     let status = Command::new(Path::new(REPO).join("scripts/vm/initramfs.sh"))
+        .env("NETATTACH_VM_DIR", &kernel.dir)
         .arg(&initrd)
         .arg(common::bin())
         .arg(&plan_file)
@@ -312,7 +381,7 @@ fn boot(
         .args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "1024"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
-        .arg(kernel_dir().join("vmlinuz"))
+        .arg(kernel.dir.join("vmlinuz"))
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])

@@ -16,6 +16,7 @@ set -euo pipefail
 
 out=$1 netattach=$2 plan=$3
 shift 3
+# The kernel's folder (scripts/vm/kernel.sh): its modules go in.
 kdir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
 [[ -s $kdir/modules.order ]] || { echo "no VM kernel in $kdir: run scripts/vm/kernel.sh" >&2; exit 1; }
 

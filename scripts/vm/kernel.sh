@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Fetches Debian's cloud kernel (which has ipvlan and 802.1Q as modules, unlike
-# the machine's own kernel) for the test VM, without installing it, into
+# the machine's own kernel) for the test VM, without installing it.
+#
+#   scripts/vm/kernel.sh [SUITE]
+#
+# Without SUITE: the kernel of the machine's own Debian release, into
 #   $NETATTACH_VM_DIR (default /var/cache/netattach/vm)/
+# With SUITE (e.g. bullseye, Debian 11's 5.10, for the old-kernel tests): that
+# release's kernel, into $NETATTACH_VM_DIR-SUITE/, fetched through a private
+# apt configuration for that suite alone (from the same Debian source as the
+# machine's own entries), so the machine's apt setup is not touched.
+#
+# The layout:
 #     vmlinuz        the kernel
 #     modules.order  the .ko files to insmod, dependencies first
 #     lib/modules/   the modules themselves, with depmod's index so that the
@@ -9,7 +19,8 @@
 # Idempotent: does nothing when the kernel is already there. Run as root.
 set -euo pipefail
 
-dir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}
+suite=${1:-}
+dir=${NETATTACH_VM_DIR:-/var/cache/netattach/vm}${suite:+-$suite}
 # The modules the in-VM tests need; their dependencies come from modprobe.
 wanted=(8021q macvlan ipvlan veth)
 
@@ -19,21 +30,44 @@ if [[ -s $dir/vmlinuz && $(cat "$dir/LAYOUT" 2>/dev/null) == "$layout" ]]; then
     exit 0
 fi
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+apt_opts=()
+if [[ -n $suite ]]; then
+    # The Debian archive of the machine's own entries (deb822 or one-line form).
+    read -r uri keyring < <(
+        awk '/^URIs:/ { u = $2 } /^Signed-By:/ { k = $2 }
+             /^$/ { if (u ~ /debian\/?$/) { print u, k; exit } u = ""; k = "" }
+             END { if (u ~ /debian\/?$/) print u, k }' /etc/apt/sources.list.d/*.sources 2>/dev/null
+    ) || true
+    if [[ -z ${uri:-} ]]; then
+        uri=$(awk '$1 == "deb" && $NF == "main" { for (i = 2; i < NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+            /etc/apt/sources.list 2>/dev/null)
+    fi
+    [[ -n ${uri:-} ]] || { echo "vm/kernel: no Debian archive among the machine's apt sources" >&2; exit 1; }
+    keyring=${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
+    mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial"
+    echo "deb [signed-by=$keyring] $uri $suite main" >"$work/apt/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache"
+        -o Dir::State::status=/dev/null)
+    apt-get "${apt_opts[@]}" -o APT::Sandbox::User=root update -qq
+fi
+
 # The exact package behind the meta-package, e.g. linux-image-6.1.0-56-cloud-amd64.
-package=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+package=$(apt-cache "${apt_opts[@]}" depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-if [[ -z $package ]]; then
+if [[ -z $package && -z $suite ]]; then
     apt-get update -qq
     package=$(apt-cache depends linux-image-cloud-amd64 |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 fi
-[[ -n $package ]] || { echo "vm/kernel: no linux-image-cloud-amd64 in apt" >&2; exit 1; }
+[[ -n $package ]] || { echo "vm/kernel: no linux-image-cloud-amd64 in apt${suite:+ ($suite)}" >&2; exit 1; }
 version=${package#linux-image-}
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 # _apt cannot write into a root-only temp dir; the download is checked by apt all the same.
-(cd "$work" && apt-get download -q -o APT::Sandbox::User=root "$package" >/dev/null)
+(cd "$work" && apt-get "${apt_opts[@]}" download -q -o APT::Sandbox::User=root "$package" >/dev/null)
 dpkg-deb -x "$work"/linux-image-*.deb "$work/root"
 depmod -b "$work/root" "$version"
 

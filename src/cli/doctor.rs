@@ -18,7 +18,10 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
     let features = doctor::kernel_features()?;
     let listed = ctx.networks().list()?;
     let store = ctx.store()?;
-    let host = vec![doctor::lease_store_lock(store.queue_path())];
+    let host = vec![
+        doctor::lease_store_lock(store.queue_path()),
+        doctor::netns_identity(),
+    ];
     let mut parents = doctor::parents(&mut Netlink::open()?, &store, &listed.networks, &features)?;
     parents.extend(listed.broken.iter().map(doctor::broken_definition));
     if args.json {

@@ -214,6 +214,12 @@ pub trait LeaseStore {
     /// The VLAN links netattach created.
     fn vlans(&self) -> Result<Vec<String>, IpamError>;
 
+    /// When the waits of the operation under way must end (the store's own
+    /// waits end then too; the engine's other waits borrow it).
+    fn deadline(&self) -> crate::deadline::Deadline {
+        crate::deadline::Deadline::default_wait()
+    }
+
     /// Leases, of one network or of all, ordered by network then address.
     fn leases(&self, network: Option<&str>) -> Result<Vec<Lease>, IpamError>;
 }

@@ -1113,6 +1113,10 @@ impl LeaseStore for SqliteStore {
             .map_err(db)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
     }
+
+    fn deadline(&self) -> Deadline {
+        self.wait_deadline()
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct Link {
     pub lower: Option<u32>,
     /// 802.1Q VLAN id, for vlan links.
     pub vlan_id: Option<u16>,
+    /// The link's alias (`ip link set NAME alias TEXT`), when it has one.
+    pub alias: Option<String>,
 }
 
 /// The driver-specific part of a new link.
@@ -63,6 +65,7 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             lower: None,
             vlan_id: None,
+            alias: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -70,6 +73,7 @@ impl Link {
                 LinkAttribute::Mtu(m) => link.mtu = Some(m),
                 LinkAttribute::Address(a) => link.mac = a.try_into().ok(),
                 LinkAttribute::Link(l) => link.lower = Some(l),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -184,6 +188,18 @@ impl Netlink {
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         self.request(
             &format!("rename link to {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    /// Sets a link's alias.
+    pub fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        let mut msg = link_message(index);
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(
+            &format!("set the alias of link #{index}"),
             RouteNetlinkMessage::SetLink(msg),
             0,
         )
