@@ -104,9 +104,11 @@ const MARK_PREFIX: &str = "netattach:";
 /// that is marking it.
 pub fn for_attach(ns: &Netns, inside: &mut Netlink, deadline: Deadline) -> Result<Identity> {
     let inode = ns.id().context("inspect the network namespace")?.1;
-    let tag = match Scheme::of_this_kernel() {
-        Scheme::Cookie => Tag::Cookie(inside.netns_cookie()?),
-        Scheme::Mark => Tag::Mark(mark(ns, inside, deadline)?),
+    // The socket at hand answers whether this kernel has cookies.
+    let tag = match inside.netns_cookie() {
+        Ok(cookie) => Tag::Cookie(cookie),
+        Err(e) if e.errno() == Some(libc::ENOPROTOOPT) => Tag::Mark(mark(ns, inside, deadline)?),
+        Err(e) => return Err(e.into()),
     };
     Ok(Identity { inode, tag })
 }
