@@ -516,19 +516,24 @@ fn recheck_pods(
     pods: &[Pod],
 ) {
     let owners = Owners::new(&plugin.paths().state_dir, runtime);
+    let started = Instant::now();
+    let (mut repaired_pods, mut failed, mut skipped) = (0, 0, 0);
     for pod in pods {
         let what = format!("the re-check of pod {}", pod.label);
         let _turn = match plugin.turn(what, Deadline::default_wait()) {
             Ok(turn) => turn,
             Err(e) => {
                 nri_log!(warn, "re-check: pod {} ({}): {e}", pod.label, pod.id);
+                failed += 1;
                 continue;
             }
         };
         if lock(removed).since(&pod.id, listed) || !Path::new(&pod.netns).exists() {
+            skipped += 1;
             continue;
         }
         let Some(value) = &pod.annotation else {
+            skipped += 1;
             continue;
         };
         let result = request::parse(value)
@@ -538,6 +543,7 @@ fn recheck_pods(
             Ok(links) => {
                 let repaired: Vec<_> = links.into_iter().filter(|l| !l.existing).collect();
                 if !repaired.is_empty() {
+                    repaired_pods += 1;
                     nri_log!(
                         info,
                         "re-check: pod {} ({}): attached {}",
@@ -547,9 +553,19 @@ fn recheck_pods(
                     );
                 }
             }
-            Err(e) => nri_log!(warn, "re-check: pod {} ({}): {e:#}", pod.label, pod.id),
+            Err(e) => {
+                failed += 1;
+                nri_log!(warn, "re-check: pod {} ({}): {e:#}", pod.label, pod.id)
+            }
         }
     }
+    nri_log!(
+        info,
+        "re-check of {} pods done in {} ms: {repaired_pods} repaired, {failed} failed, \
+         {skipped} skipped (removed, stopped or without networks)",
+        pods.len(),
+        started.elapsed().as_millis()
+    );
 }
 
 fn describe_links(links: &[engine::AttachedLink]) -> String {
