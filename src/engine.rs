@@ -185,7 +185,8 @@ fn attach_defined(
 
 /// Frees the owner's leases (SPEC §4). When the owner's netns still lives (a
 /// shared or bind-mounted netns, a pod's, a hand-made detach), its interfaces
-/// are removed first: an address is never free in the store while an
+/// are removed first (with any link a killed attach left there under its
+/// temporary name): an address is never free in the store while an
 /// interface holds it on the wire. If one cannot be removed, the leases of that
 /// network are kept and the error says why. When the netns is gone or going
 /// (the usual poststop) the links die with it and are not deleted one by one
@@ -285,7 +286,9 @@ fn remove_live_interface(namespaces: &mut Namespaces, a: &Attachment) -> Result<
                 inside.delete_link(link.index)?;
             }
         }
-        Ok(())
+        // An attach killed between creating the link and renaming it left it
+        // under its temporary name, where the lookup above does not see it.
+        remove_orphaned_temporary_links(&mut inside)
     })?
 }
 
