@@ -91,9 +91,15 @@ fn attach_defined(
     // Idempotency: networks this owner already has, with their link complete
     // (up, every leased address on it), are done. Anything less is what an
     // attach killed half-way left: remove it and start that network over.
+    // The default routes are those of the whole request, also when their
+    // network is done: an attach killed after its link came up and before
+    // its routes were added left a complete link without them.
+    let default_routes = plan::default_routes_of(requests, &definitions)?;
+    let mut default_link_done = None;
     let mut done = Vec::new();
     let mut todo_requests = Vec::new();
     let mut todo_networks = Vec::new();
+    let mut todo_indices = Vec::new();
     let previous = store.attachments_of(owner)?;
     crate::timing::mark("netlink sockets open, earlier attachments read");
     if previous
@@ -102,7 +108,7 @@ fn attach_defined(
     {
         remove_orphaned_temporary_links(&mut inside)?;
     }
-    for (req, net) in requests.iter().zip(definitions) {
+    for (i, (req, net)) in requests.iter().zip(definitions).enumerate() {
         if let Some(a) = previous.iter().find(|a| a.network == net.name) {
             let leases: Vec<Lease> = store
                 .leases_of(owner)?
@@ -111,6 +117,9 @@ fn attach_defined(
                 .collect();
             match inside.link_by_name(&a.ifname)? {
                 Some(link) if is_ours(&link) && is_complete(&mut inside, &link, &leases)? => {
+                    if default_routes.as_ref().is_some_and(|(d, _)| *d == i) {
+                        default_link_done = Some((link.index, net.name.clone()));
+                    }
                     done.push(AttachedLink {
                         network: net.name.clone(),
                         ifname: a.ifname.clone(),
@@ -127,6 +136,10 @@ fn attach_defined(
         }
         todo_requests.push(req.clone());
         todo_networks.push(net);
+        todo_indices.push(i);
+    }
+    if let (Some((index, network)), Some((_, routes))) = (&default_link_done, &default_routes) {
+        add_missing_default_routes(&mut inside, *index, routes, network)?;
     }
     if todo_requests.is_empty() {
         return Ok(done);
@@ -138,7 +151,13 @@ fn attach_defined(
         existing_ifnames: &names,
         trusted: false,
     };
-    let plans = plan::build(&todo_requests, &todo_networks, scope)?;
+    let mut plans = plan::build(&todo_requests, &todo_networks, scope)?;
+    for (plan, i) in plans.iter_mut().zip(&todo_indices) {
+        plan.default_routes = match &default_routes {
+            Some((d, routes)) if d == i => routes.clone(),
+            _ => Vec::new(),
+        };
+    }
     crate::timing::mark("planned");
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
     let identity = identity::for_attach(target, &mut inside, store.deadline())?.to_string();
@@ -372,16 +391,28 @@ fn apply(
     crate::timing::mark("links done");
     // Routes after every link is up: a gateway is only reachable through an up link.
     for (plan, &index) in plans.iter().zip(created.iter()) {
-        for route in &plan.default_routes {
-            if !inside.has_default_route(route.family)? {
-                inside
-                    .add_default_route(route.family, index, route.gateway)
-                    .with_context(|| format!("network {}", plan.network.name))?;
-            }
-        }
+        add_missing_default_routes(inside, index, &plan.default_routes, &plan.network.name)?;
     }
     crate::timing::mark("default routes");
     Ok(attached)
+}
+
+/// Adds each of `routes` through link `index` unless the netns already has a
+/// default route of that family.
+fn add_missing_default_routes(
+    inside: &mut Netlink,
+    index: u32,
+    routes: &[plan::DefaultRoute],
+    network: &str,
+) -> Result<()> {
+    for route in routes {
+        if !inside.has_default_route(route.family)? {
+            inside
+                .add_default_route(route.family, index, route.gateway)
+                .with_context(|| format!("network {network}"))?;
+        }
+    }
+    Ok(())
 }
 
 static TEMP_NAMES: AtomicU32 = AtomicU32::new(0);

@@ -143,6 +143,20 @@ pub fn build(
     Ok(plans)
 }
 
+/// Which request of the whole list carries the default routes, and those
+/// routes (as [`build`] gives them to that request's link). An attach that
+/// finishes an earlier, interrupted one plans only the networks left to do,
+/// and must not pick the default network among those alone.
+pub fn default_routes_of(
+    requests: &[NetworkRequest],
+    networks: &[Network],
+) -> Result<Option<(usize, Vec<DefaultRoute>)>, PlanError> {
+    match default_route_network(requests, networks)? {
+        Some(i) => Ok(Some((i, default_routes(&requests[i], &networks[i])?))),
+        None => Ok(None),
+    }
+}
+
 /// The index of the network that carries the default route: the one marked
 /// `default-route`, else the first listed with a gateway that is not internal.
 fn default_route_network(
@@ -476,6 +490,15 @@ mod tests {
             ]
         );
         assert!(plans[2].default_routes.is_empty());
+        // Asked of the whole list, the same network and routes; planned
+        // without lan (done by an earlier attach), storage would take them.
+        let nets = [internal(), lan(), storage()];
+        assert_eq!(
+            default_routes_of(&reqs, &nets).unwrap(),
+            Some((1, plans[1].default_routes.clone()))
+        );
+        let rest = build(&reqs[2..], &nets[2..], Scope::default()).unwrap();
+        assert!(!rest[0].default_routes.is_empty());
     }
 
     #[test]
