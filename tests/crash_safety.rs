@@ -8,23 +8,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{FakeLan, Netns};
+use common::{FakeLan, Netns, Rng};
 
 const ROUNDS: usize = 60;
-
-/// A small xorshift generator: the test needs spread, not quality.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 fn attach_args<'a>(lan: &'a FakeLan, ns: &'a Netns, owner: &'a str) -> Vec<&'a str> {
     vec![
@@ -80,13 +68,8 @@ fn killed_attaches_leave_nothing_gc_cannot_mend() {
     }
     times.sort();
     let span = times[2] * 3 / 2;
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}, kill window {span} us");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
+    eprintln!("seed {}, kill window {span} us", rng.0);
     let mut survivors = Vec::new();
     let mut killed = 0;
     for round in 0..ROUNDS {

@@ -486,6 +486,22 @@ pub fn hook_with_timeout(
     annotation: &str,
     timeout: Option<u64>,
 ) -> Output {
+    spawn_hook(lan, verb, id, netns.path_str(), annotation, timeout)
+        .wait_with_output()
+        .unwrap()
+}
+
+/// Starts `hook_with_timeout` without waiting: the state is written and
+/// stdin closed; stdout and stderr are piped. `netns` is the path the bundle
+/// names (for `release` it may be gone already, as after a container's end).
+pub fn spawn_hook(
+    lan: &FakeLan,
+    verb: &str,
+    id: &str,
+    netns: &str,
+    annotation: &str,
+    timeout: Option<u64>,
+) -> std::process::Child {
     let bundle = lan.dir.path().join(format!("bundle-{id}"));
     std::fs::create_dir_all(&bundle).unwrap();
     let phase = if verb == "release" {
@@ -498,7 +514,7 @@ pub fn hook_with_timeout(
         "ociVersion": "1.0.2",
         "annotations": { "netattach/networks": annotation },
         "hooks": { phase: [entry] },
-        "linux": { "namespaces": [ { "type": "network", "path": netns.path_str() } ] }
+        "linux": { "namespaces": [ { "type": "network", "path": netns } ] }
     });
     std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
     let state = serde_json::json!({
@@ -522,7 +538,7 @@ pub fn hook_with_timeout(
         .unwrap()
         .write_all(state.to_string().as_bytes())
         .unwrap();
-    child.wait_with_output().unwrap()
+    child
 }
 
 /// The netns holds only `lo`: nothing half-configured was left.
@@ -596,5 +612,27 @@ impl Drop for LockHolder {
         // The whole group: flock and its sleep.
         let _ = run("kill", &["-KILL", "--", &format!("-{}", self.pid())]);
         let _ = self.child.wait();
+    }
+}
+
+/// A small xorshift generator: the tests need spread, not quality.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock (print the seed to replay a run).
+    pub fn from_clock() -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Rng(nanos | 1)
+    }
+
+    /// Uniform enough in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
     }
 }
