@@ -713,6 +713,28 @@ impl Definitions {
     }
 }
 
+/// The bytes of a definition file. Only a regular file is read, and its
+/// open does not block: a FIFO (whose open waits for a writer) or a device
+/// (`/dev/zero` reads forever) in the directory is a broken definition of its
+/// own network, not a hang of every attach that lists the directory.
+fn read_definition(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The directory of network definitions, one `<name>.json` per network.
 #[derive(Debug, Clone)]
 pub struct NetworkDir {
@@ -758,7 +780,7 @@ impl NetworkDir {
     /// `load` in a directory already checked.
     fn load_file(&self, name: &str) -> Result<Network, ConfigError> {
         let path = self.file_of(name)?;
-        let bytes = match fs::read(&path) {
+        let bytes = match read_definition(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotFound(name.to_string()))
@@ -1458,6 +1480,44 @@ mod tests {
         fs::remove_file(tmp.0.join("typo.json")).unwrap();
         fs::remove_file(tmp.0.join("other.json")).unwrap();
         assert_eq!(dir.list().unwrap().networks.len(), 1);
+    }
+
+    #[test]
+    fn a_fifo_or_device_definition_is_broken_not_a_hang() {
+        let tmp = TempDir::new("fifo");
+        let dir = NetworkDir::new(&tmp.0);
+        dir.create(&lan()).unwrap();
+        let fifo = tmp.0.join("pipe.json");
+        let fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", tmp.0.join("zero.json")).unwrap();
+        // Without a writer, opening the FIFO would wait forever: ask from a
+        // thread and give up on it after a while.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let listing = dir.clone();
+        std::thread::spawn(move || {
+            let defs = listing.list().map(|d| {
+                let broken: Vec<String> = d.broken.iter().map(|b| b.to_string()).collect();
+                (d.networks.len(), broken)
+            });
+            let own = listing.load("pipe").map(|_| ()).map_err(|e| e.to_string());
+            let _ = tx.send((defs.map_err(|e| e.to_string()), own));
+        });
+        let (defs, own) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("listing a directory with a FIFO in it hung");
+        let (good, broken) = defs.unwrap();
+        assert_eq!(good, 1, "the other network still loads");
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        for b in &broken {
+            assert!(b.contains("not a regular file"), "{b}");
+        }
+        let own = own.unwrap_err();
+        assert!(
+            own.contains("pipe.json") && own.contains("not a regular file"),
+            "{own}"
+        );
     }
 
     #[test]
