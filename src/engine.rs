@@ -541,6 +541,12 @@ fn configure_link(
         // Announce the address on link-up (gratuitous ARP / unsolicited NA), so
         // the LAN's caches learn the new MAC at once.
         netns::set_interface_sysctl("ipv4", &ifname, "arp_notify", "1")?;
+        // Linux answers ARP for any of its addresses on every interface. A
+        // container with two links on one LAN (two networks on one parent)
+        // would answer for each address with both MACs: only the interface
+        // that carries an address answers for it, and asks with its own.
+        netns::set_interface_sysctl("ipv4", &ifname, "arp_ignore", "1")?;
+        netns::set_interface_sysctl("ipv4", &ifname, "arp_announce", "2")?;
         if has_v6 || std::path::Path::new("/proc/sys/net/ipv6").exists() {
             netns::set_interface_sysctl("ipv6", &ifname, "ndisc_notify", "1")?;
             // The LAN's router advertisements must not add addresses or

@@ -109,6 +109,37 @@ fn two_networks_on_one_parent_share_one_address_space() {
     }
 }
 
+/// A container with two interfaces on one LAN (two networks on one parent):
+/// each address is answered by the MAC of the interface that carries it only.
+#[test]
+fn two_interfaces_on_one_lan_answer_arp_each_for_its_own_address() {
+    if common::skip_unless_root() || require_arping() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("a", &[]);
+    lan.create_network(
+        "b",
+        &["--subnet", "192.168.33.0/24", "--gateway", "192.168.33.254"],
+    );
+    lan.ext
+        .ip(&["addr", "add", "192.168.33.254/24", "dev", "gw0"]);
+    let c = lan.container_ns("1");
+    attach_ok(&lan, &c, "one", "a", &[]);
+    attach_ok(&lan, &c, "one", "b@net1", &[]);
+    for ifname in ["eth0", "net1"] {
+        let addr = ipv4_of(&c, ifname);
+        assert_eq!(
+            arp_answerers(&lan, &addr),
+            BTreeSet::from([mac_of(&c, ifname)]),
+            "ARP answers for {addr} ({ifname})"
+        );
+    }
+    for gw in [GW4, "192.168.33.254"] {
+        assert!(common::ping_from(&c.name, gw), "{gw}");
+    }
+}
+
 #[test]
 fn the_hook_face_refuses_an_address_held_through_another_network() {
     if common::skip_unless_root() || require_arping() {
