@@ -37,7 +37,7 @@ const TIMEOUT_S: u64 = 2;
 const DEADLINE: Duration = Duration::from_millis(TIMEOUT_S * 750);
 /// Room for process start and exit on a loaded 2-core machine, on top of the
 /// timeout a hook must stay within.
-const SLACK: Duration = Duration::from_millis(1000);
+const SLACK: Duration = Duration::from_millis(500);
 
 /// Networks of the test, all on the fake LAN's parent.
 const NETWORKS: [&str; 3] = ["pool4", "dual", "fixed"];
