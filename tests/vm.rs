@@ -8,7 +8,8 @@
 //!
 //! and boots Debian 11's kernel (5.10: no `SO_NETNS_COOKIE`, so namespaces
 //! are told apart by netattach's own mark) for the attach, release, gc and
-//! crash tests again (tests/attach_macvlan.rs, tests/crash_safety.rs). It
+//! crash tests again (tests/attach_macvlan.rs, tests/crash_safety.rs,
+//! tests/netns_identity.rs). It
 //! reports one libtest-style line per in-VM test, read from markers on
 //! the serial console; the old kernel's tests are named `bullseye::SUITE::NAME`. Not a libtest harness (`harness = false`): it is one
 //! boot for many tests. Filters given to `cargo test` select in-VM tests by
@@ -63,6 +64,11 @@ const OLD_KERNEL_SUITES: &[Suite] = &[
     },
     Suite {
         name: "crash_safety",
+        args: &[],
+        prefix: "",
+    },
+    Suite {
+        name: "netns_identity",
         args: &[],
         prefix: "",
     },
