@@ -13,7 +13,8 @@
 //! byte 0 is exactly 0xA7 (7 lengths), a length with the top two bits set
 //! instead pushes `(len & 0x3fff) << 9` bytes 0xFF (at most 4 MiB + 64 KiB per input),
 //! so messages near and over the 4 MiB limit occur; it is gated so that such
-//! slow inputs stay rare.
+//! slow inputs stay rare. The fill bytes are slices of one static buffer, so a
+//! fill costs the assembler's own copies, not an allocation and a memset.
 //!
 //! Checks beyond "no panic": the assembler holds at most
 //! `mux::MAX_PAYLOAD` (one ttrpc header + `ttrpc::MAX_MESSAGE`) after every
@@ -22,6 +23,8 @@
 //! request encodings round-trip; `mux::frames` splits as documented.
 #![no_main]
 
+use std::sync::LazyLock;
+
 use libfuzzer_sys::fuzz_target;
 use netattach::nri::mux::{self, Assembler, Piece};
 use netattach::nri::proto::ttrpc::Request;
@@ -29,6 +32,8 @@ use netattach::nri::ttrpc::{self, code, Header};
 use protobuf::Message;
 
 const MAX_FILL: usize = (4 << 20) + (64 << 10);
+/// Where the fill pieces are cut from.
+static FILL: LazyLock<Vec<u8>> = LazyLock::new(|| vec![0xFF; MAX_FILL]);
 
 fuzz_target!(|data: &[u8]| {
     wire(data);
@@ -106,26 +111,26 @@ fn assemble(data: &[u8]) {
     let fill_allowed = n == 0xA7;
 
     // The pieces: up to four rounds over the lengths, then the rest of the stream.
-    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    let mut pieces: Vec<&[u8]> = Vec::new();
     let mut filled = 0;
     for &l in lens.iter().cycle().take(4 * lens.len()) {
         if l & 0xC000 == 0xC000 && fill_allowed {
             let z = ((l & 0x3fff) as usize) << 9;
             if filled + z <= MAX_FILL {
                 filled += z;
-                pieces.push(vec![0xFF; z]);
+                pieces.push(&FILL[..z]);
             }
         } else {
             let (p, r) = stream.split_at(((l & 0x3fff) as usize).min(stream.len()));
             stream = r;
-            pieces.push(p.to_vec());
+            pieces.push(p);
         }
     }
-    pieces.push(stream.to_vec());
+    pieces.push(stream);
 
     let mut split = Assembler::default();
     let mut got = Vec::new();
-    let mut whole = Vec::new();
+    let mut whole = Vec::with_capacity(pieces.iter().map(|p| p.len()).sum());
     for piece in &pieces {
         whole.extend_from_slice(piece);
         got.extend(split.push(piece));
