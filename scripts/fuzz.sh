@@ -51,6 +51,18 @@ build_start=$SECONDS
 nice -n 10 cargo +nightly fuzz build "${fuzz_flags[@]}"
 echo "built in $((SECONDS - build_start))s"
 
+# netattach lies outside the fuzz workspace, so each checkout path builds it
+# and the targets under hashes of its own (about 330 MB a path): drop those of
+# other checkouts, that is the target binaries other than the ones release/
+# links to, and netattach libraries not rebuilt for a week (cargo rebuilds a
+# missing one, so a wrong guess costs a rebuild, not a failure).
+out=$target_dir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
+for t in "${targets[@]}"; do
+    [[ -f $out/$t ]] || continue
+    find "$out/deps" -maxdepth 1 -type f -name "$t-*" ! -name '*.d' ! -samefile "$out/$t" -delete
+done
+find "$out/deps" -maxdepth 1 -type f -name 'libnetattach-*' -mtime +7 -delete
+
 mkdir -p "$work"
 summary=()
 failed=0
