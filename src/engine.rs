@@ -60,14 +60,20 @@ pub fn attach(
     // their gateways and aux addresses there too. A broken file of another
     // network is skipped; one of a requested network fails the attach with
     // its reason (from `load`).
+    // Each file is read once: a requested network found broken fails with
+    // the reason read then (a second read could see another version of it
+    // than the one its peers were judged by).
     let listed = networks.list()?;
     let warnings = listed.warnings();
-    let all = listed.networks;
+    let (all, mut broken) = (listed.networks, listed.broken);
     let definitions = requests
         .iter()
         .map(|r| match all.iter().find(|n| n.name == r.name) {
             Some(n) => Ok(n.clone()),
-            None => networks.load(&r.name),
+            None => match broken.iter().position(|b| b.name == r.name) {
+                Some(i) => Err(broken.swap_remove(i).error),
+                None => networks.load(&r.name),
+            },
         })
         .collect::<Result<Vec<Network>, _>>()?;
     let links = attach_defined(target, store, owner, requests, definitions, &all)?;
