@@ -59,10 +59,8 @@ pub fn attach(
     // Every definition: the networks sharing a requested one's segment reserve
     // their gateways and aux addresses there too. A broken file of another
     // network is skipped; one of a requested network fails the attach with
-    // its reason (from `load`).
-    // Each file is read once: a requested network found broken fails with
-    // the reason read then (a second read could see another version of it
-    // than the one its peers were judged by).
+    // the reason the listing read (each file is read once: a second read
+    // could see another version than the one its peers were judged by).
     let listed = networks.list()?;
     let warnings = listed.warnings();
     let (all, mut broken) = (listed.networks, listed.broken);

@@ -22,16 +22,6 @@ fn has_flag(link: &Value, flag: &str) -> bool {
         .is_some_and(|f| f.contains(&Value::from(flag)))
 }
 
-fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
-    lan.leases_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["owner"] == owner)
-        .map(|l| l["address"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// `attach --netns NS --id ID --ip ... NETWORK`, which must succeed.
 fn attach(lan: &FakeLan, ns: &Netns, id: &str, ips: &[&str], network: &str) {
     let mut args = vec!["attach", "--netns", ns.path_str(), "--id", id];
@@ -149,12 +139,12 @@ fn check_ipvlan(mode: &str, flag: &str) {
 
     assert!(reaches(&c, GW4), "{GW4} unreachable in {mode} {flag}");
     assert!(reaches(&c, GW6), "{GW6} unreachable in {mode} {flag}");
-    let mut leases = leases_of(&lan, "ctr1");
+    let mut leases = lan.addresses_of("ctr1");
     leases.sort();
     assert_eq!(leases, vec!["192.168.32.10", "2001:db8:32::10"]);
 
     lan.netattach_ok(&["detach", "--id", "ctr1", "--netns", c.path_str()]);
-    assert!(leases_of(&lan, "ctr1").is_empty());
+    assert!(lan.addresses_of("ctr1").is_empty());
     assert_bare(&c);
     assert_eq!(lan.host_links(), vec!["lo".to_string(), "lan0".to_string()]);
 }
@@ -292,7 +282,7 @@ fn ipvlan_refuses_a_mac_and_leaves_nothing() {
     let err = common::stderr(&out);
     assert!(err.contains("ipvlan") && err.contains("MAC"), "{err}");
     assert_bare(&c);
-    assert!(leases_of(&lan, "ctr1").is_empty());
+    assert!(lan.addresses_of("ctr1").is_empty());
 }
 
 #[test]
@@ -313,7 +303,7 @@ fn one_parent_carries_one_driver_and_one_ipvlan_mode() {
     assert!(err.contains("either macvlan or ipvlan"), "{err}");
     assert!(err.contains("mv"), "names the network in the way: {err}");
     assert_bare(&b);
-    assert!(leases_of(&lan, "b").is_empty());
+    assert!(lan.addresses_of("b").is_empty());
     lan.netattach_ok(&["detach", "--id", "a", "--netns", a.path_str()]);
 
     // ipvlan l2 in use: an l3 slave would silently switch it to l3. Refused.
@@ -386,7 +376,7 @@ fn concurrent_conflicting_ipvlan_attaches_never_switch_a_mode() {
                 let err = common::stderr(out);
                 assert!(err.contains("one ipvlan mode"), "round {round}: {err}");
                 assert_bare(ns);
-                assert!(leases_of(&lan, &format!("r{round}c{i}")).is_empty());
+                assert!(lan.addresses_of(&format!("r{round}c{i}")).is_empty());
             }
         }
         assert!(won > 0, "round {round}: some attach succeeds");
@@ -568,7 +558,7 @@ fn vlan_of_a_dead_container_is_freed_by_gc_and_network_rm() {
     assert!(!out.status.success(), "an attachment is still recorded");
     assert!(host_vlan(&lan, "lan0.50").is_some());
     lan.netattach_ok(&["gc"]);
-    assert!(leases_of(&lan, "gone").is_empty());
+    assert!(lan.addresses_of("gone").is_empty());
     assert!(host_vlan(&lan, "lan0.50").is_some(), "v50 still defined");
     lan.netattach_ok(&["network", "rm", "v50"]);
     assert_eq!(host_vlan(&lan, "lan0.50"), None);
@@ -632,7 +622,7 @@ fn vlan_parent_refusals() {
         "{err}"
     );
     assert_bare(&c);
-    assert!(leases_of(&lan, "c").is_empty());
+    assert!(lan.addresses_of("c").is_empty());
     assert_eq!(lan.host_links(), vec!["lo".to_string(), "lan0".to_string()]);
 }
 

@@ -10,16 +10,6 @@ mod common;
 use common::{assert_bare, FakeLan};
 use serde_json::Value;
 
-fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
-    lan.leases_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["owner"] == owner)
-        .map(|l| l["address"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The inode number of a namespace (what `/proc/PID/ns/net` shows).
 fn inode_of(ns: &common::Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -113,10 +103,10 @@ fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     // Same inode, different namespaces: gc frees the gone one's lease only.
     let out = lan.netattach_ok(&["gc"]);
     assert!(out.contains("of gone"), "{out}");
-    assert!(leases_of(&lan, "gone").is_empty());
-    assert_eq!(leases_of(&lan, "new").len(), 1);
+    assert!(lan.addresses_of("gone").is_empty());
+    assert_eq!(lan.addresses_of("new").len(), 1);
     // And the live one is released (its interface first) when asked.
     lan.netattach_ok(&["detach", "--id", "new"]);
-    assert!(leases_of(&lan, "new").is_empty());
+    assert!(lan.addresses_of("new").is_empty());
     assert_bare(&reused);
 }

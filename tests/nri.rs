@@ -110,16 +110,6 @@ fn assert_clean_framing(rt: &Runtime) {
     assert!(v.is_empty(), "frames Go could not read: {v:?}");
 }
 
-fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
-    lan.leases_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["owner"] == owner)
-        .map(|l| l["address"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn in_lan(addrs: &[String]) -> bool {
     addrs.len() == 1 && addrs[0].starts_with("192.168.32.") && addrs[0].ends_with("/24")
 }
@@ -174,11 +164,11 @@ fn pod_lifecycle(version: Version) {
         common::ping_from(&ns.name, common::GW4),
         "pod reaches the gateway"
     );
-    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1);
+    assert_eq!(lan.addresses_of("p1aaaa").len(), 1);
     // A repeated event changes nothing.
     rt.run_pod(&pod).expect("RunPodSandbox again");
     assert_eq!(common::addrs(&ns.name, "eth1"), addrs);
-    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1);
+    assert_eq!(lan.addresses_of("p1aaaa").len(), 1);
 
     // Host network (no netns path) and no annotation: nothing to do.
     let host = Pod::new("hostnet", "").annotate(ANNOTATION, "lan");
@@ -186,15 +176,15 @@ fn pod_lifecycle(version: Version) {
     let plain_ns = lan.container_ns("p2");
     let plain = Pod::new("plain", plain_ns.path_str());
     rt.run_pod(&plain).expect("pod without annotation");
-    assert!(leases_of(&lan, "hostnet").is_empty());
+    assert!(lan.addresses_of("hostnet").is_empty());
     assert_eq!(common::link_names(&plain_ns.name), vec!["lo"]);
 
     // containerd 1.7 sends Stop/Remove with no netns path and pid 0.
     let gone = pod.as_sent_on_removal();
     rt.stop_pod(&gone).expect("StopPodSandbox");
-    assert_eq!(leases_of(&lan, "p1aaaa").len(), 1, "stop keeps the lease");
+    assert_eq!(lan.addresses_of("p1aaaa").len(), 1, "stop keeps the lease");
     rt.remove_pod(&gone).expect("RemovePodSandbox");
-    assert!(leases_of(&lan, "p1aaaa").is_empty(), "remove frees it");
+    assert!(lan.addresses_of("p1aaaa").is_empty(), "remove frees it");
     rt.remove_pod(&host.as_sent_on_removal()).unwrap();
     rt.remove_pod(&plain.as_sent_on_removal()).unwrap();
     assert_clean_framing(&rt);
@@ -246,7 +236,7 @@ fn bad_requests_fail_the_pod_with_the_message() {
             vec!["lo"],
             "nothing left in the pod"
         );
-        assert!(leases_of(&lan, id).is_empty());
+        assert!(lan.addresses_of(id).is_empty());
         rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
     };
     check(
@@ -269,7 +259,7 @@ fn bad_requests_fail_the_pod_with_the_message() {
     );
     // The plugin goes on serving.
     rt.remove_pod(&holder.as_sent_on_removal()).unwrap();
-    assert!(leases_of(&lan, "holder").is_empty());
+    assert!(lan.addresses_of("holder").is_empty());
     assert_clean_framing(&rt);
 }
 
@@ -349,7 +339,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
     rt.run_pod(&a).unwrap();
     rt.run_pod(&b).unwrap();
     rt.run_pod(&c).unwrap();
-    let c_leases = leases_of(&lan, "podcccc");
+    let c_leases = lan.addresses_of("podcccc");
     let c_addrs = common::addrs(&ns_c.name, "eth1");
     // A hand attach shares the store: reconciliation must not touch it.
     let ns_h = lan.container_ns("h");
@@ -384,10 +374,10 @@ fn restart_reconnects_and_synchronize_reconciles() {
             ..Options::default()
         },
     );
-    assert!(leases_of(&lan, "podbbbb").is_empty(), "gone pod released");
-    assert_eq!(leases_of(&lan, "podcccc"), c_leases, "live pod kept");
+    assert!(lan.addresses_of("podbbbb").is_empty(), "gone pod released");
+    assert_eq!(lan.addresses_of("podcccc"), c_leases, "live pod kept");
     assert_eq!(
-        leases_of(&lan, "handmade").len(),
+        lan.addresses_of("handmade").len(),
         1,
         "hand attach untouched"
     );
@@ -398,7 +388,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
         ))),
         "re-check restores pod a's interface"
     );
-    let leased = leases_of(&lan, "podaaaa");
+    let leased = lan.addresses_of("podaaaa");
     assert_eq!(leased.len(), 1);
     assert_eq!(
         common::addrs(&ns_a.name, "eth1"),
@@ -411,7 +401,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
     );
     // Events work on the new connection.
     rt.remove_pod(&a.as_sent_on_removal()).unwrap();
-    assert!(leases_of(&lan, "podaaaa").is_empty());
+    assert!(lan.addresses_of("podaaaa").is_empty());
     assert_clean_framing(&rt);
     let log = plugin.log();
     assert!(log.contains("reconnecting"), "{log}");
@@ -520,9 +510,9 @@ fn launched_by_the_runtime_on_fd_3() {
     let pod = Pod::new("launched1", ns.path_str()).annotate(ANNOTATION, "lan");
     rt.run_pod(&pod).expect("RunPodSandbox");
     assert!(in_lan(&common::addrs(&ns.name, "eth0")));
-    assert_eq!(leases_of(&lan, "launched1").len(), 1);
+    assert_eq!(lan.addresses_of("launched1").len(), 1);
     rt.remove_pod(&pod.as_sent_on_removal()).unwrap();
-    assert!(leases_of(&lan, "launched1").is_empty());
+    assert!(lan.addresses_of("launched1").is_empty());
     assert_clean_framing(&rt);
 
     // The runtime closes the socket: a launched plugin exits.
@@ -818,7 +808,7 @@ fn one_address_on_the_wire_through_two_networks_and_after_removal() {
     // The pod's netns outlives the RemovePodSandbox (it is bind-mounted here):
     // the interface goes with the lease, so the address leaves the wire.
     rt.remove_pod(&a.as_sent_on_removal()).unwrap();
-    assert!(leases_of(&lan, "poda").is_empty());
+    assert!(lan.addresses_of("poda").is_empty());
     assert_eq!(common::link_names(&ns_a.name), vec!["lo"]);
     assert!(common::arp_answerers(&lan, "192.168.32.78").is_empty());
     rt.run_pod(&b).expect("the freed address for pod b");
@@ -856,7 +846,7 @@ fn stuck_store_fails_pods_in_budget_and_a_removed_pod_stays_detached() {
         "{message}"
     );
     common::assert_bare(&ns1);
-    assert!(leases_of(&lan, "podone").is_empty());
+    assert!(lan.addresses_of("podone").is_empty());
 
     // Pod three waits on the store; pod two's start queues behind it, then pod
     // two is removed. Once the store is free, three attaches and two does not.
@@ -886,7 +876,7 @@ fn stuck_store_fails_pods_in_budget_and_a_removed_pod_stays_detached() {
     let (_, message) = run2.join().unwrap().expect_err("pod two was removed");
     assert!(message.contains("removed"), "{message}");
     remove2.join().unwrap().expect("RemovePodSandbox");
-    assert!(leases_of(&lan, "podtwo").is_empty());
+    assert!(lan.addresses_of("podtwo").is_empty());
     common::assert_bare(&ns2);
     assert!(in_lan(&common::addrs(&ns3.name, "eth0")));
     for pod in [&warm, &three] {
@@ -1019,7 +1009,7 @@ fn temporary_link_name(name: &str) -> bool {
 
 /// What a killed attach left, seen from the store and the pod's netns.
 fn state_left(lan: &FakeLan, ns: &common::Netns, id: &str) -> &'static str {
-    let leases = leases_of(lan, id).len();
+    let leases = lan.addresses_of(id).len();
     let links = common::link_names(&ns.name);
     let eth1 = common::link_json(&ns.name, "eth1");
     let up = eth1["flags"]
@@ -1177,7 +1167,7 @@ fn a_killed_launched_plugin_leaves_nothing_its_next_start_does_not_repair() {
             *phases.entry(phase.clone()).or_default() += 1;
             let what = state_left(&lan, &ns, &pod.id);
             *left.entry(what).or_default() += 1;
-            let leased_at_kill = leases_of(&lan, &pod.id);
+            let leased_at_kill = lan.addresses_of(&pod.id);
             eprintln!(
                 "round {round}: killed {} us after {} ({}), last mark {phase:?}: {what}",
                 delay.as_micros(),
@@ -1230,7 +1220,8 @@ fn a_killed_launched_plugin_leaves_nothing_its_next_start_does_not_repair() {
                     }));
                 }
             } else {
-                let v4: Vec<String> = leases_of(&lan, &pod.id)
+                let v4: Vec<String> = lan
+                    .addresses_of(&pod.id)
                     .into_iter()
                     .filter(|a| !a.contains(':'))
                     .collect();

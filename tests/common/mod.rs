@@ -352,6 +352,17 @@ impl FakeLan {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("lease ls --json: {e}: {out}"))
     }
 
+    /// The addresses `lease ls` shows for `owner`, without prefix lengths.
+    pub fn addresses_of(&self, owner: &str) -> Vec<String> {
+        self.leases_json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["owner"] == owner)
+            .map(|l| l["address"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// An extra netns `na<tag>c<name>` (e.g. a container's), deleted on drop.
     pub fn container_ns(&self, name: &str) -> Netns {
         Netns::new(&format!("na{}c{name}", self.tag))
