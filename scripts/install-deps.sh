@@ -26,6 +26,7 @@ packages=(
     qemu-system-x86    # the test VM: ipvlan and 802.1Q need a kernel with them
     cpio               # the VM's initramfs
     kmod               # depmod/modprobe to order the VM kernel's modules
+    python3            # benchmarks; a foreign SQLite writer in the fault tests
 )
 
 missing=()

@@ -33,6 +33,25 @@ impl fmt::Display for LockHolder {
 /// The processes holding (not waiting for) a lock on `path`; empty when none
 /// or when `/proc/locks` cannot tell (an OFD lock has no pid).
 pub fn holders(path: &Path) -> Vec<LockHolder> {
+    holding(path, Hold::Any)
+}
+
+/// The other processes holding a write lock on `path`: for SQLite's files,
+/// the ones that keep a writer out (readers hold read locks and do not).
+pub fn writers_other_than_us(path: &Path) -> Vec<LockHolder> {
+    let us = std::process::id();
+    let mut found = holding(path, Hold::Write);
+    found.retain(|h| h.pid != us);
+    found
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Any,
+    Write,
+}
+
+fn holding(path: &Path, hold: Hold) -> Vec<LockHolder> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();
     };
@@ -46,7 +65,7 @@ pub fn holders(path: &Path) -> Vec<LockHolder> {
         libc::minor(dev),
         meta.ino()
     );
-    let mut pids = pids_locking(&table, &id);
+    let mut pids = pids_locking(&table, &id, hold);
     pids.sort_unstable();
     pids.dedup();
     pids.into_iter().map(describe).collect()
@@ -54,13 +73,16 @@ pub fn holders(path: &Path) -> Vec<LockHolder> {
 
 /// Holder pids of the lock lines of `table` (the `/proc/locks` format:
 /// `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; waiters have `->`).
-fn pids_locking(table: &str, id: &str) -> Vec<u32> {
+fn pids_locking(table: &str, id: &str, hold: Hold) -> Vec<u32> {
     table
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // Blocked waiters are listed as "N: -> FLOCK ..."
             if fields.get(1) == Some(&"->") || fields.get(5) != Some(&id) {
+                return None;
+            }
+            if hold == Hold::Write && fields.get(3) != Some(&"WRITE") {
                 return None;
             }
             fields.get(4)?.parse::<u32>().ok()
@@ -97,8 +119,14 @@ fn process_state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// At most 80 characters, on one line (a `-c` script has newlines, and the
+/// message this goes into is one line).
 fn shorten(command: &str) -> String {
     const MAX: usize = 80;
+    let command: String = command
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     match command.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}...", &command[..cut]),
         None => command.to_string(),
@@ -107,7 +135,11 @@ fn shorten(command: &str) -> String {
 
 /// `holders` as one phrase for a message: "held by pid 1 (x), pid 2 (y)".
 pub fn held_by(path: &Path) -> String {
-    let found = holders(path);
+    phrase(&holders(path))
+}
+
+/// ", held by pid 1 (x), pid 2 (y)" for `found`; empty when nobody.
+pub fn phrase(found: &[LockHolder]) -> String {
     if found.is_empty() {
         return String::new();
     }
@@ -126,9 +158,19 @@ mod tests {
                      1: -> FLOCK  ADVISORY  WRITE 4343 08:01:77 0 EOF\n\
                      2: POSIX  ADVISORY  READ 99 08:01:78 0 EOF\n\
                      3: OFDLCK ADVISORY  WRITE -1 08:01:77 0 EOF\n";
-        assert_eq!(pids_locking(table, "08:01:77"), vec![4242]);
-        assert_eq!(pids_locking(table, "08:01:78"), vec![99]);
-        assert!(pids_locking(table, "08:01:79").is_empty());
+        assert_eq!(pids_locking(table, "08:01:77", Hold::Any), vec![4242]);
+        assert_eq!(pids_locking(table, "08:01:78", Hold::Any), vec![99]);
+        assert!(pids_locking(table, "08:01:79", Hold::Any).is_empty());
+        // A reader does not keep a writer out.
+        assert_eq!(pids_locking(table, "08:01:77", Hold::Write), vec![4242]);
+        assert!(pids_locking(table, "08:01:78", Hold::Write).is_empty());
+    }
+
+    #[test]
+    fn a_command_is_shortened_to_one_line() {
+        assert_eq!(shorten("sh -c 'a\nb'"), "sh -c 'a b'");
+        let long = "x".repeat(100);
+        assert_eq!(shorten(&long), format!("{}...", "x".repeat(80)));
     }
 
     #[test]

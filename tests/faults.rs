@@ -121,6 +121,48 @@ fn a_stopped_lock_holder_fails_hooks_within_their_timeout() {
     assert_eq!(lan.leases_json().as_array().unwrap().len(), 0);
 }
 
+/// A process outside netattach's write queue (a sqlite3 shell, a backup)
+/// holding the lease database: a hook gives up within its bundle's timeout,
+/// naming the database and the process, leaving nothing behind.
+#[test]
+fn a_foreign_database_writer_fails_hooks_within_their_timeout() {
+    if common::skip_unless_root() || common::skip_unless(common::have("python3"), "no python3") {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    lan.netattach_ok(&["lease", "ls"]); // creates the store
+    let holder = common::LockHolder::sqlite_writer(&lan.state_dir.join("leases.db"));
+    let pid = format!("pid {} (", holder.pid());
+
+    let c = lan.container_ns("late");
+    let started = Instant::now();
+    let out = common::hook_with_timeout(&lan, "attach", "late", &c, "lan", Some(1));
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("waiting for the lease database") && err.contains("leases.db"),
+        "names the database: {err}"
+    );
+    assert!(
+        err.contains(&pid) && err.contains("python3"),
+        "names the holder: {err}"
+    );
+    assert!(took < netattach::deadline::DEFAULT_WAIT, "took {took:?}");
+    common::assert_bare(&c);
+
+    drop(holder);
+    let out = common::hook_with_timeout(&lan, "attach", "late", &c, "lan", Some(1));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::ping_from(&c.name, common::GW4));
+    let out = common::hook_with_timeout(&lan, "release", "late", &c, "lan", Some(1));
+    assert!(out.status.success(), "{}", common::text(&out));
+    common::assert_bare(&c);
+    assert_eq!(lan.leases_json().as_array().unwrap().len(), 0);
+}
+
 /// A state or config directory other users can write is refused with the
 /// fix; new state is private; a symlink planted for the lock is not followed.
 #[test]

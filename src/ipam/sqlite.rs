@@ -238,11 +238,43 @@ fn db(e: rusqlite::Error) -> IpamError {
         // Every netattach writer takes the queue's flock first, so this is a
         // process outside the queue (a sqlite3 shell, a backup) or a peer's
         // checkpoint that outlasted the deadline.
+        if let Some(gave_up) = GAVE_UP.take() {
+            return IpamError::Waited {
+                what: format!("the lease database {}", gave_up.database.display()),
+                waited_ms: gave_up.waited_ms,
+                held_by: gave_up.held_by,
+            };
+        }
         return IpamError::Store(format!(
             "{e}: another process kept the database locked past the deadline"
         ));
     }
     IpamError::Store(e.to_string())
+}
+
+/// What the busy handler saw when it gave up, for the error that follows.
+/// SQLite calls the handler on the thread running the statement, and the
+/// statement's error reaches `db` on that thread, so a thread-local carries it
+/// there without threading the store through every `map_err`.
+struct GaveUp {
+    database: PathBuf,
+    waited_ms: u128,
+    /// ", held by pid N (command)": who holds a write lock on the database
+    /// or its WAL index, taken when the wait ended (it may let go after).
+    held_by: String,
+}
+
+thread_local! {
+    static GAVE_UP: std::cell::Cell<Option<GaveUp>> = const { std::cell::Cell::new(None) };
+}
+
+fn database_writers(database: &Path) -> String {
+    let shm = database.with_extension("db-shm");
+    let mut found = locks::writers_other_than_us(&shm);
+    found.extend(locks::writers_other_than_us(database));
+    found.sort_by_key(|h| h.pid);
+    found.dedup_by_key(|h| h.pid);
+    locks::phrase(&found)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -363,11 +395,20 @@ impl SqliteStore {
         let deadline: Arc<Mutex<Option<Deadline>>> = Arc::default();
         let limit = deadline.clone();
         let mut until = Deadline::default_wait();
+        let mut started = Instant::now();
+        let database = path.clone();
         conn.busy_handler(Some(move |count: i32| {
             if count == 0 {
                 until = lock_ignoring_poison(&limit).unwrap_or_else(Deadline::default_wait);
+                started = Instant::now();
+                GAVE_UP.set(None);
             }
             if until.expired() {
+                GAVE_UP.set(Some(GaveUp {
+                    database: database.clone(),
+                    waited_ms: started.elapsed().as_millis(),
+                    held_by: database_writers(&database),
+                }));
                 return false;
             }
             std::thread::sleep(BUSY_POLL.min(until.remaining()));

@@ -588,27 +588,49 @@ pub struct LockHolder {
 }
 
 impl LockHolder {
-    /// Returns once the lock is held.
+    /// An flock on `path`; returns once the lock is held.
     pub fn new(path: &Path) -> LockHolder {
-        let mut child = Command::new("flock")
+        let mut flock = Command::new("flock");
+        flock
             .arg("--close")
             .arg(path)
-            .args(["sh", "-c", "echo locked; exec sleep 600"])
+            .args(["sh", "-c", "echo locked; exec sleep 600"]);
+        LockHolder::start(flock)
+    }
+
+    /// A process outside netattach's queue (a sqlite3 shell, a backup tool)
+    /// holding an exclusive transaction on the SQLite database at `path`.
+    pub fn sqlite_writer(path: &Path) -> LockHolder {
+        let mut python = Command::new("python3");
+        python.arg("-c").arg(
+            "import sqlite3, sys, time\n\
+             db = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             db.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(600)\n",
+        );
+        python.arg(path);
+        LockHolder::start(python)
+    }
+
+    fn start(mut command: Command) -> LockHolder {
+        let mut child = command
             .stdout(Stdio::piped())
             .process_group(0)
             .spawn()
-            .expect("run flock");
+            .expect("start the lock holder");
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().unwrap()),
             &mut line,
         )
         .unwrap();
+        let holder = LockHolder { child };
         assert_eq!(line.trim(), "locked");
-        LockHolder { child }
+        holder
     }
 
-    /// The pid that holds the lock (the `flock` process).
+    /// The pid that holds the lock (`flock` or `python3`).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -620,7 +642,7 @@ impl LockHolder {
 
 impl Drop for LockHolder {
     fn drop(&mut self) {
-        // The whole group: flock and its sleep.
+        // The whole group: flock and its sleep, or python.
         let _ = run("kill", &["-KILL", "--", &format!("-{}", self.pid())]);
         let _ = self.child.wait();
     }
