@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,7 @@ pub struct Connection {
     /// Pods removed: neither a late RunPodSandbox nor the background re-check
     /// may attach them again.
     removed: Arc<Mutex<Removed>>,
+    configured: AtomicBool,
     synchronized: (Mutex<bool>, Condvar),
 }
 
@@ -174,6 +176,7 @@ impl Connection {
             registration_timeout: Mutex::new(None),
             sync_pods: Mutex::new(Vec::new()),
             removed: Arc::default(),
+            configured: AtomicBool::new(false),
             synchronized: (Mutex::new(false), Condvar::new()),
         }
     }
@@ -186,6 +189,11 @@ impl Connection {
             .wait_timeout_while(guard, timeout, |done| !*done)
             .unwrap_or_else(|p| p.into_inner());
         *guard
+    }
+
+    /// Whether the runtime has sent `Configure`.
+    pub fn configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
     }
 
     /// The registration timeout the runtime announced in `Configure`.
@@ -234,6 +242,7 @@ impl Connection {
             paths.config_dir.display(),
             paths.state_dir.display()
         );
+        self.configured.store(true, Ordering::Release);
         let mut resp = ConfigureResponse::new();
         resp.events = EVENT_MASK;
         Ok(resp.write_to_bytes().unwrap_or_default())

@@ -122,6 +122,20 @@ fn serve(plugin: &Arc<Plugin>, stream: UnixStream, identity: &Identity) -> io::R
             return Ok(format!("{} before registration completed", session.wait()));
         }
         if started.elapsed() >= limit {
+            if conn.configured() {
+                // NRI before v0.8 (containerd up to 1.7.25) never synchronizes
+                // the plugins it launches itself, yet sends them every pod
+                // event: serve them; only the reconciliation is missing.
+                nri_log!(
+                    warn,
+                    "configured, but no Synchronize within {} ms (runtimes with NRI before v0.8 \
+                     send none to plugins they launch): serving pod events without \
+                     reconciling; `netattach gc` frees the leases of pods removed while \
+                     the plugin was away",
+                    limit.as_millis()
+                );
+                break;
+            }
             session.close();
             return Err(io::Error::other(format!(
                 "registration did not complete within {} ms (no Configure/Synchronize)",
