@@ -50,3 +50,6 @@ fi
 # the machine's own release's, and Debian 11's 5.10 (no SO_NETNS_COOKIE).
 "$(dirname "$0")/vm/kernel.sh"
 "$(dirname "$0")/vm/kernel.sh" bullseye
+# containerd 1.7 with NRI (Debian 13's; bookworm's 1.6 has none) for the tests
+# that drive a real containerd (tests/real_containerd/), fetched once, not installed.
+"$(dirname "$0")/containerd.sh"

@@ -35,24 +35,9 @@ trap 'rm -rf "$work"' EXIT
 
 apt_opts=()
 if [[ -n $suite ]]; then
-    # The Debian archive of the machine's own entries (deb822 or one-line form).
-    read -r uri keyring < <(
-        awk '/^URIs:/ { u = $2 } /^Signed-By:/ { k = $2 }
-             /^$/ { if (u ~ /debian\/?$/) { print u, k; exit } u = ""; k = "" }
-             END { if (u ~ /debian\/?$/) print u, k }' /etc/apt/sources.list.d/*.sources 2>/dev/null
-    ) || true
-    if [[ -z ${uri:-} ]]; then
-        uri=$(awk '$1 == "deb" && $NF == "main" { for (i = 2; i < NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
-            /etc/apt/sources.list 2>/dev/null)
-    fi
-    [[ -n ${uri:-} ]] || { echo "vm/kernel: no Debian archive among the machine's apt sources" >&2; exit 1; }
-    keyring=${keyring:-/usr/share/keyrings/debian-archive-keyring.gpg}
-    mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial"
-    echo "deb [signed-by=$keyring] $uri $suite main" >"$work/apt/sources.list"
-    apt_opts=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-        -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache"
-        -o Dir::State::status=/dev/null)
-    apt-get "${apt_opts[@]}" -o APT::Sandbox::User=root update -qq
+    # shellcheck source=../lib/apt-suite.sh
+    source "$(dirname "$0")/../lib/apt-suite.sh"
+    apt_suite_opts "$suite" "$work"
 fi
 
 # The exact package behind the meta-package, e.g. linux-image-6.1.0-56-cloud-amd64.
