@@ -29,6 +29,8 @@
 //! cgroups (left to runc, removed on drop if a killed container left them).
 #![allow(dead_code)]
 
+pub mod cri;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
@@ -104,7 +106,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
 }
 
 impl Containerd {
-    /// The sandbox (pause) image: PID 1 waits and exits 0 on SIGTERM/SIGINT.
+    /// The sandbox (pause) image: PID 1 sleeps until it is killed.
     pub const PAUSE_IMAGE: &'static str = "localhost/netattach-pause:1";
     /// The test image: busybox (sh, sleep, ip, ping, cat, ...); Cmd `/bin/sh`.
     pub const TEST_IMAGE: &'static str = "localhost/netattach-test:1";
@@ -115,6 +117,16 @@ impl Containerd {
     pub const POD_SUBNET: &'static str = "10.88.77.0/24";
 
     /// True when scripts/containerd.sh has fetched the binaries and runc is installed.
+    /// The pods' CNI bridge, in the FakeLan's host netns (created by the
+    /// first pod).
+    pub fn cni_bridge(&self) -> String {
+        Self::cni_bridge_of(self.cni_network.trim_start_matches("na"))
+    }
+
+    fn cni_bridge_of(tag: &str) -> String {
+        format!("na{tag}b").chars().take(15).collect()
+    }
+
     pub fn available() -> bool {
         let bin = bin_dir();
         ["containerd", "ctr", "containerd-shim-runc-v2"]
@@ -314,7 +326,9 @@ disabled_plugins = [
   sandbox_image = "{pause}"
   # root here lacks CAP_SYS_RESOURCE: runc fails on the sandbox's -998.
   restrict_oom_score_adj = true
-  netns_mounts_under = "{d}/netns"
+  # 1.7 knows no netns_mounts_under: this puts the pods' netns under the
+  # state dir (removed on drop) instead of /var/run/netns.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{snapshotter}"
     default_runtime_name = "runc"
@@ -344,7 +358,7 @@ disabled_plugins = [
 
         // The bridge lives in the FakeLan's host netns: a per-test name keeps
         // it recognisable; host-local keeps its leases in the test dir.
-        let bridge: String = format!("na{tag}b").chars().take(15).collect();
+        let bridge = Self::cni_bridge_of(tag);
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.cni_network,
@@ -604,11 +618,8 @@ fn images() -> &'static (PathBuf, PathBuf) {
         let pause = build(
             "pause.tar",
             Containerd::PAUSE_IMAGE,
-            &[
-                "/bin/sh",
-                "-c",
-                "trap 'exit 0' TERM INT; while :; do sleep 1 & wait; done",
-            ],
+            // CRI stops a sandbox with SIGKILL, so PID 1 needs no handler.
+            &["/bin/sleep", "2147483647"],
         );
         let test = build("test.tar", Containerd::TEST_IMAGE, &["/bin/sh"]);
         (pause, test)
