@@ -15,7 +15,10 @@ in three variants: a static IPv4 address (CNI IPAM `static`), dual stack
 attach; poststop release runs at the untimed delete), so the latency the hook
 adds to a container start is visible. Then
 the NRI face: RunPodSandbox / RemovePodSandbox round trips from the test
-runtime side (tests/nri.rs `run_pod_sandbox_latency`, run through cargo).
+runtime side (tests/nri.rs `run_pod_sandbox_latency`, run through cargo), and
+the same through a real containerd 1.7 over CRI, pods without and with a
+netattach network interleaved (tests/containerd.rs `run_pod_sandbox_latency`;
+left out when scripts/containerd.sh has not fetched containerd).
 
 Every measured attach goes into a fresh network namespace, created before the
 timer starts; tools are interleaved run by run so drift hits them alike. The
@@ -300,14 +303,14 @@ def run_containers(work, binary, runs):
     return {name: summary(v) for name, v in samples.items()}
 
 
-def run_nri(runs):
-    """RunPodSandbox / RemovePodSandbox from the test runtime side: the
-    #[ignore]d benchmark test in tests/nri.rs prints BENCH-JSON lines."""
+def bench_test_lines(test_file, runs):
+    """The BENCH-JSON lines of the #[ignore]d `run_pod_sandbox_latency` test of
+    tests/TEST_FILE.rs, as {"RPC (case)": summary}."""
     env = dict(os.environ, NETATTACH_BENCH_RUNS=str(runs))
-    out = subprocess.run(["cargo", "test", "--release", "--quiet", "--test", "nri", "--", "--ignored", "--exact",
+    out = subprocess.run(["cargo", "test", "--release", "--quiet", "--test", test_file, "--", "--ignored", "--exact",
                           "run_pod_sandbox_latency", "--nocapture"], cwd=REPO, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(f"NRI benchmark failed:\n{out.stdout}\n{out.stderr}")
+        sys.exit(f"{test_file} benchmark failed:\n{out.stdout}\n{out.stderr}")
     results = {}
     for line in out.stdout.splitlines():
         if line.startswith("BENCH-JSON "):
@@ -316,13 +319,18 @@ def run_nri(runs):
     return results
 
 
+def containerd_available():
+    cache = os.environ.get("NETATTACH_CONTAINERD_DIR", "/var/cache/netattach/containerd")
+    return os.path.exists(f"{cache}/bin/containerd")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="a few runs, to check the benchmark works")
     ap.add_argument("--binary", help="netattach binary (default: build the static release binary)")
     ap.add_argument("--json", default=os.path.join(REPO, "bench/results/attach.json"))
-    ap.add_argument("--skip-nri", action="store_true", help="leave out the NRI round trips (they build tests/nri.rs)")
+    ap.add_argument("--skip-nri", action="store_true", help="leave out the NRI round trips (they build tests/nri.rs and tests/containerd.rs)")
     args = ap.parse_args()
     runs = 3 if args.smoke else args.runs
     if os.geteuid() != 0:
@@ -348,7 +356,11 @@ def main():
     finally:
         cleanup(work)
     if not args.skip_nri:
-        report["nri"] = run_nri(runs)
+        report["nri"] = bench_test_lines("nri", runs)
+        if containerd_available():
+            report["containerd"] = bench_test_lines("containerd", runs)
+        else:
+            print("containerd 1.7 not fetched (scripts/containerd.sh): its NRI rows are left out\n")
     names = {"ipv4": "static IPv4", "dual-stack": "static dual stack", "pooled-ipv4": "pooled IPv4 (CNI: host-local)"}
     for name, v in report["variants"].items():
         print(table(f"attach, one macvlan, {names[name]} ({runs} runs)", v["attach"]))
@@ -362,6 +374,10 @@ def main():
     print(f"\nadded to the container start by the hook, medians: {added:.2f} ms\n")
     if "nri" in report:
         print(table(f"NRI round trips from the runtime side ({runs} pods)", report["nri"],
+                    base_tool="RunPodSandbox (no-network)"))
+        print()
+    if "containerd" in report:
+        print(table(f"RunPodSandbox through containerd 1.7 over CRI ({runs} pods per case)", report["containerd"],
                     base_tool="RunPodSandbox (no-network)"))
         print()
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
