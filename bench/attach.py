@@ -44,6 +44,7 @@ import ctypes
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -62,17 +63,22 @@ def sh(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, **kw)
 
 
+def enter_netns(name):
+    """Moves this process into netns `name`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            sys.exit(f"setns {name}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
 def enter_host_ns():
     """Moves this process into the host-side netns, so that every tool is
     spawned straight from here (no nsenter exec in the timed path, which would
     add the same ~1 ms to every tool and hide the differences)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{HOST_NS}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            sys.exit(f"setns {HOST_NS}: {os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(fd)
+    enter_netns(HOST_NS)
 
 
 def timed(args, stdin=b"", env=None):
@@ -113,6 +119,7 @@ class Tools:
             create += ["--subnet", "2001:db8:32::/64", "--gateway", "2001:db8:32::fe"]
         subprocess.run(create + ["-o", "parent=lan0", "lan"], env=self.env, check=True, capture_output=True)
         os.makedirs(f"{work}/netavark", exist_ok=True)
+        self.parent = socket.if_nametoindex("lan0")  # in the host netns, where this process is
 
     def addresses(self, i):
         if self.pooled:
@@ -182,11 +189,43 @@ class Tools:
                    CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth0", CNI_PATH=CNI_PATH)
         return timed([f"{CNI_PATH}/macvlan"], json.dumps(conf).encode(), env)
 
+    def floor_ip_batch(self, i, ns, release=False):
+        """The kernel work of a static attach from one iproute2 process: the
+        macvlan on `lan0` created straight into the netns under a temporary
+        name, renamed to eth0, addressed, up, default route(s). A batch line
+        cannot take `-n`, and `ip -n NS` unshares a mount namespace and
+        remounts /sys on top (milliseconds no attach needs), so `ip -batch` is
+        spawned inside the netns (this process enters it before the timer
+        starts and returns after) and names the parent in the host netns by
+        ifindex and `link-netns`. Pooled variant: a static address all the
+        same (the floor has no IPAM)."""
+        enter_netns(ns)
+        try:
+            if release:
+                return timed(["ip", "link", "del", "eth0"])
+            v4, v6 = self.addresses(i)
+            v4 = v4 or f"192.168.32.{10 + i % 240}"
+            lines = [f"link add link if{self.parent} link-netns {HOST_NS} name na-tmp type macvlan mode bridge",
+                     "link set na-tmp name eth0", f"addr add {v4}/24 dev eth0"]
+            if v6:
+                lines.append(f"addr add {v6}/64 dev eth0 nodad")
+            lines += ["link set eth0 up", "route add default via 192.168.32.254 dev eth0"]
+            if v6:
+                lines.append("route add default via 2001:db8:32::fe dev eth0")
+            return timed(["ip", "-batch", "-"], "\n".join(lines).encode() + b"\n")
+        finally:
+            enter_netns(HOST_NS)
 
-TOOLS = ["netattach-hook", "netattach-cli", "netavark", "cni"]
+    def floor_spawn(self, i, ns, release=False):
+        """Spawn and exit of /bin/true: the process-start floor (no release)."""
+        return None if release else timed(["/bin/true"])
+
+
+FLOORS = ["floor-ip-batch", "floor-spawn"]
+TOOLS = ["netattach-hook", "netattach-cli", "netavark", "cni"] + FLOORS
 # netavark takes only static_ips (podman allocates addresses before calling
 # it), so it has no pooled variant of its own.
-POOLED_TOOLS = ["netattach-hook", "netattach-cli", "cni"]
+POOLED_TOOLS = ["netattach-hook", "netattach-cli", "cni"] + FLOORS
 # The CNI macvlan plugin waits for IPv6 addresses to settle (about 10 s here),
 # so dual stack through CNI is measured on a few runs only.
 CNI_DUAL_RUNS = 5
@@ -207,7 +246,8 @@ def summary(samples):
 def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_RUNS):
     tools = Tools(work, binary, dual, pooled)
     fns = {"netattach-hook": tools.netattach_hook, "netattach-cli": tools.netattach_cli,
-           "netavark": tools.netavark, "cni": tools.cni}
+           "netavark": tools.netavark, "cni": tools.cni,
+           "floor-ip-batch": tools.floor_ip_batch, "floor-spawn": tools.floor_spawn}
     names = POOLED_TOOLS if pooled else TOOLS
     attach = {t: [] for t in names}
     release = {t: [] for t in names}
@@ -225,17 +265,19 @@ def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_
                     continue
                 ns = spaces[(i, t)]
                 attach[t].append(fns[t](i, ns))
-                if i == 0:
+                if i == 0 and t != "floor-spawn":
                     v4, v6 = tools.addresses(i)
                     verify(ns, t, f"{v4}/24" if v4 else "inet 192.168.32.")
                     if v6:
                         verify(ns, t, f"{v6}/64")
-                release[t].append(fns[t](i, ns, release=True))
+                released = fns[t](i, ns, release=True)
+                if released is not None:
+                    release[t].append(released)
         for ns in spaces.values():
             sh("ip", "netns", "del", ns)
         time.sleep(0.5)  # let the kernel finish tearing the namespaces down
     return {"attach": {t: summary(v) for t, v in attach.items()},
-            "release": {t: summary(v) for t, v in release.items()}}
+            "release": {t: summary(v) for t, v in release.items() if v}}
 
 
 def table(title, results, base_tool="netattach-hook"):
