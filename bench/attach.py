@@ -280,13 +280,19 @@ def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_
             "release": {t: summary(v) for t, v in release.items() if v}}
 
 
-def table(title, results, base_tool="netattach-hook"):
-    """Markdown table; the last column is each tool's median over the base's."""
-    base = results[base_tool]["median"]
-    lines = [f"### {title}", "", f"| tool | runs | median ms | p90 | p99 | min | max | median vs {base_tool} |",
-             "|---|---|---|---|---|---|---|---|"]
+RATIO_BASES = ("netavark", "cni", "floor-ip-batch")
+
+
+def table(title, results, bases=RATIO_BASES):
+    """Markdown table; the last columns are each row's median over each base's
+    median (— where the base has no row)."""
+    lines = [f"### {title}", "",
+             "| tool | runs | median ms | p90 | p99 | min | max | " + " | ".join(f"vs {b}" for b in bases) + " |",
+             "|---" * (7 + len(bases)) + "|"]
     for t, r in results.items():
-        lines.append(f"| {t} | {r['n']} | {r['median']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['median'] / base:.2f}x |")
+        ratios = [f"{r['median'] / results[b]['median']:.2f}x" if b in results else "—" for b in bases]
+        lines.append(f"| {t} | {r['n']} | {r['median']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['min']:.2f} "
+                     f"| {r['max']:.2f} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -409,18 +415,22 @@ def main():
         print()
         print(table(f"release / teardown, {names[name]}", v["release"]))
         print()
+    static, pooled = (report["variants"][n]["attach"]["netattach-hook"]["median"] for n in ("ipv4", "pooled-ipv4"))
+    report["pooled_over_static_hook"] = pooled / static
+    print(f"netattach-hook attach, medians: pooled IPv4 {pooled:.2f} ms, static IPv4 {static:.2f} ms, "
+          f"pooled / static {pooled / static:.2f}x\n")
     c = report["container"]
-    print(table(f"container start: runc create + start of busybox true ({runs} runs)", c, base_tool="runc"))
+    print(table(f"container start: runc create + start of busybox true ({runs} runs)", c, bases=("runc",)))
     added = c["runc+netattach-hook"]["median"] - c["runc"]["median"]
     report["container_start_added_ms"] = added
     print(f"\nadded to the container start by the hook, medians: {added:.2f} ms\n")
     if "nri" in report:
         print(table(f"NRI round trips from the runtime side ({runs} pods)", report["nri"],
-                    base_tool="RunPodSandbox (no-network)"))
+                    bases=("RunPodSandbox (no-network)",)))
         print()
     if "containerd" in report:
         print(table(f"RunPodSandbox through containerd 1.7 over CRI ({runs} pods per case)", report["containerd"],
-                    base_tool="RunPodSandbox (no-network)"))
+                    bases=("RunPodSandbox (no-network)",)))
         print()
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
