@@ -40,6 +40,7 @@ holding the parent `lan0`, a LAN side holding the gateway. Run as root:
 """
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -296,6 +297,76 @@ def table(title, results, bases=RATIO_BASES):
     return "\n".join(lines)
 
 
+# The --busy-disk writer: 1 MB writes, an fsync every 8 MB, rewound at 64 MB;
+# it ignores Ctrl-C (the benchmark stops it) and ends by itself when the
+# benchmark is gone.
+BUSY_WRITER = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+path, parent = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+chunk, n = b"\\0" * (1 << 20), 0
+while os.getppid() == parent:
+    os.write(fd, chunk)
+    n += 1
+    if n % 8 == 0:
+        os.fsync(fd)
+    if n == 64:
+        os.lseek(fd, 0, os.SEEK_SET)
+        n = 0
+"""
+
+
+@contextlib.contextmanager
+def busy_disk(directory):
+    """A writer looping write + fsync in `directory` (on the file system of
+    the state directories) for as long as the block runs; the file is removed
+    afterwards."""
+    path = f"{directory}/busy-disk.fill"
+    writer = subprocess.Popen([sys.executable, "-c", BUSY_WRITER, path, str(os.getpid())])
+    try:
+        yield
+    finally:
+        writer.terminate()
+        writer.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def measure(work, binary, runs, smoke, busy):
+    """The attach variants and the runc starts, with the disk quiet or busy.
+    `work` holds netattach's state directories, and the busy writer's file."""
+    results = {"disk": "busy" if busy else "quiet", "variants": {}}
+    with busy_disk(work) if busy else contextlib.nullcontext():
+        for name, dual, pooled in (("ipv4", False, False), ("dual-stack", True, False), ("pooled-ipv4", False, True)):
+            os.makedirs(f"{work}/{name}")
+            results["variants"][name] = run_variant(
+                f"{work}/{name}", binary, dual, pooled, runs, batch=25, cni_dual_runs=1 if smoke else CNI_DUAL_RUNS)
+        os.makedirs(f"{work}/containers")
+        results["container"] = run_containers(f"{work}/containers", binary, runs)
+    return results
+
+
+def print_tables(results, runs):
+    """Prints the tables of measure()'s results, and adds the derived numbers."""
+    disk = "" if results["disk"] == "quiet" else ", disk busy"
+    names = {"ipv4": "static IPv4", "dual-stack": "static dual stack", "pooled-ipv4": "pooled IPv4 (CNI: host-local)"}
+    for name, v in results["variants"].items():
+        print(table(f"attach, one macvlan, {names[name]} ({runs} runs{disk})", v["attach"]))
+        print()
+        print(table(f"release / teardown, {names[name]}{disk}", v["release"]))
+        print()
+    static, pooled = (results["variants"][n]["attach"]["netattach-hook"]["median"] for n in ("ipv4", "pooled-ipv4"))
+    results["pooled_over_static_hook"] = pooled / static
+    print(f"netattach-hook attach, medians: pooled IPv4 {pooled:.2f} ms, static IPv4 {static:.2f} ms, "
+          f"pooled / static {pooled / static:.2f}x\n")
+    c = results["container"]
+    print(table(f"container start: runc create + start of busybox true ({runs} runs{disk})", c, bases=("runc",)))
+    added = c["runc+netattach-hook"]["median"] - c["runc"]["median"]
+    results["container_start_added_ms"] = added
+    print(f"\nadded to the container start by the hook, medians: {added:.2f} ms\n")
+
+
 def run_containers(work, binary, runs):
     """Start of a busybox `true` container under runc: a bundle without hooks
     against the same bundle with netattach's createRuntime/poststop hooks and
@@ -378,6 +449,9 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="a few runs, to check the benchmark works")
     ap.add_argument("--binary", help="netattach binary (default: build the static release binary)")
     ap.add_argument("--json", default=os.path.join(REPO, "bench/results/attach.json"))
+    ap.add_argument("--busy-disk", action="store_true",
+                    help="measure while a writer loops write + fsync on the state directories' file system")
+    ap.add_argument("--both", action="store_true", help="measure with the disk quiet, then busy")
     ap.add_argument("--skip-nri", action="store_true", help="leave out the NRI round trips (they build tests/nri.rs and tests/containerd.rs)")
     args = ap.parse_args()
     runs = 3 if args.smoke else args.runs
@@ -389,18 +463,16 @@ def main():
     binary = args.binary or subprocess.run([f"{REPO}/scripts/build.sh"], check=True, capture_output=True, text=True).stdout.strip()
     binary = os.path.abspath(binary)
     work = tempfile.mkdtemp(prefix="nabench-")
+    modes = [False, True] if args.both else [args.busy_disk]
     report = {"date": time.strftime("%Y-%m-%d"), "runs": runs, "binary": binary, "kernel": os.uname().release,
-              "cpus": os.cpu_count(), "variants": {}}
+              "cpus": os.cpu_count()}
+    measured = []
     try:
         fake_lan()
         enter_host_ns()
-        for name, dual, pooled in (("ipv4", False, False), ("dual-stack", True, False), ("pooled-ipv4", False, True)):
-            os.makedirs(f"{work}/{name}")
-            report["variants"][name] = run_variant(
-                f"{work}/{name}", binary, dual, pooled, runs, batch=25,
-                cni_dual_runs=1 if args.smoke else CNI_DUAL_RUNS)
-        os.makedirs(f"{work}/containers")
-        report["container"] = run_containers(f"{work}/containers", binary, runs)
+        for busy in modes:
+            os.makedirs(f"{work}/{'busy' if busy else 'quiet'}")
+            measured.append(measure(f"{work}/{'busy' if busy else 'quiet'}", binary, runs, args.smoke, busy))
     finally:
         cleanup(work)
     if not args.skip_nri:
@@ -409,21 +481,12 @@ def main():
             report["containerd"] = bench_test_lines("containerd", runs)
         else:
             print("containerd 1.7 not fetched (scripts/containerd.sh): its NRI rows are left out\n")
-    names = {"ipv4": "static IPv4", "dual-stack": "static dual stack", "pooled-ipv4": "pooled IPv4 (CNI: host-local)"}
-    for name, v in report["variants"].items():
-        print(table(f"attach, one macvlan, {names[name]} ({runs} runs)", v["attach"]))
-        print()
-        print(table(f"release / teardown, {names[name]}", v["release"]))
-        print()
-    static, pooled = (report["variants"][n]["attach"]["netattach-hook"]["median"] for n in ("ipv4", "pooled-ipv4"))
-    report["pooled_over_static_hook"] = pooled / static
-    print(f"netattach-hook attach, medians: pooled IPv4 {pooled:.2f} ms, static IPv4 {static:.2f} ms, "
-          f"pooled / static {pooled / static:.2f}x\n")
-    c = report["container"]
-    print(table(f"container start: runc create + start of busybox true ({runs} runs)", c, bases=("runc",)))
-    added = c["runc+netattach-hook"]["median"] - c["runc"]["median"]
-    report["container_start_added_ms"] = added
-    print(f"\nadded to the container start by the hook, medians: {added:.2f} ms\n")
+    for results in measured:
+        print_tables(results, runs)
+    if args.both:
+        report.update(disk="both", quiet=measured[0], busy=measured[1])
+    else:
+        report.update(measured[0])
     if "nri" in report:
         print(table(f"NRI round trips from the runtime side ({runs} pods)", report["nri"],
                     bases=("RunPodSandbox (no-network)",)))
