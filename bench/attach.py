@@ -7,8 +7,18 @@ One macvlan, attach and release / teardown:
   netattach-cli   `netattach attach ...` / `netattach detach`
   netavark        `netavark --config DIR setup|teardown NETNS` (podman's network tool)
   cni             the CNI reference `macvlan` plugin, ADD / DEL
+  floor-ip-batch  one `ip -batch -` doing a static attach's kernel work: the
+                  macvlan on `lan0` into the netns under a temporary name,
+                  renamed to eth0, address(es), up, default route(s); release
+                  `ip link del eth0` (both spawned inside the netns, since
+                  `ip -n` adds a mount namespace and a /sys remount)
+  floor-spawn     `/bin/true`: the cost of starting a process (no release row)
 
-in three variants: a static IPv4 address (CNI IPAM `static`), dual stack
+The floors run in the same rounds as the tools: what no one-process-per-attach
+tool can go below on this machine. Every row gets ratios of its median over
+netavark's, CNI's and floor-ip-batch's.
+
+In three variants: a static IPv4 address (CNI IPAM `static`), dual stack
 (IPv4 + IPv6), and pooled IPv4 (netattach's pool, netavark's own IPAM, CNI
 `host-local`). Then a whole container: `runc create` + `runc start` of busybox
 `true` without a network hook and with the netattach hook (createRuntime
@@ -33,10 +43,19 @@ are spawned directly, as a runtime spawns its hook. The first run of each tool
 is checked: the interface must be in the namespace with its address, or the
 benchmark stops.
 
+--busy-disk measures the attach variants and the runc starts while a
+background writer loops write + fsync (a 64 MB file, rewritten in 1 MB writes,
+an fsync every 8 MB) on the file system holding netattach's state directories
+(the benchmark's temporary directory), so a lease commit's fsync waits behind
+other I/O; the writer stops and its file goes when the measurement ends, on
+every exit path. --both runs quiet, then busy. The NRI rows run once, without
+the writer. The report's `disk` says which ran.
+
 Everything happens in namespaces this script creates (`nabench-*`): a host side
 holding the parent `lan0`, a LAN side holding the gateway. Run as root:
 
   bench/attach.py [--runs N] [--smoke] [--binary PATH] [--json FILE] [--skip-nri]
+                  [--busy-disk | --both]
 """
 
 import argparse
