@@ -507,6 +507,13 @@ fn chaos(sh: &Shared, seed: u64) {
                     r.stopped_at = Some(at);
                     r.resume_at = Some(at + pause);
                     sh.stopped_pids.lock().unwrap().insert(r.pid);
+                    // A write turn is short: the holder may have let go
+                    // between the look at /proc/locks and the signal. Then it
+                    // is a plain stop.
+                    let holder = holder
+                        && netattach::locks::holders(&lock)
+                            .iter()
+                            .any(|h| h.pid == r.pid);
                     let mut c = sh.chaos.lock().unwrap();
                     match (holder, long) {
                         (true, true) => {
@@ -925,13 +932,11 @@ fn hooks_under_load_with_faults_leave_exactly_the_live_containers() {
         "{r}"
     );
     assert!(chaos.stops_short + chaos.stops_long > 0, "{r}");
-    assert!(chaos.holder_stops_long > 0, "{r}");
-    assert!(
-        attach
-            .refused
-            .contains_key("write lock held by a stopped hook"),
-        "a stopped lock holder made no start fail at its deadline: {r}"
-    );
+    // Whether a stop catches a hook inside its short write turn, and whether
+    // another hook then queues long enough to reach its deadline, is chance:
+    // not asserted here. tests/faults.rs stops a lock holder on purpose and
+    // checks that hooks fail at their deadline naming it; here every such
+    // refusal must name a process this test stopped (checked above).
     assert!(
         attach.refused.contains_key("own definition unreadable"),
         "no unreadable definition was hit: {r}"
