@@ -15,6 +15,13 @@
 //! boot for many tests. Filters given to `cargo test` select in-VM tests by
 //! `SUITE::NAME` substring; when none is selected the VM is not booted.
 //!
+//! Each result line is printed as it comes from the console. A soft lockup or
+//! RCU stall of the guest kernel (seen once under TCG) stops the VM after its
+//! trace is read; the tests without a result then run once more in a fresh
+//! VM (a second lockup fails them). A panic or other `BUG:` stops the VM too,
+//! without a retry. `-- --self-check` checks this console reading alone (no
+//! VM); every run checks it first.
+//!
 //! Needs root, qemu-system-x86_64 and the kernel from scripts/vm/kernel.sh
 //! (both installed by scripts/install-deps.sh).
 
@@ -130,6 +137,12 @@ fn main() -> ExitCode {
         println!("vm: test");
         return ExitCode::SUCCESS;
     }
+    // This runner's console reading, without a VM (nor root): alone with
+    // `--self-check`, else before every VM run, as tests of their own.
+    let checks = self_check();
+    if args.iter().any(|a| a == "--self-check") || checks != ExitCode::SUCCESS {
+        return checks;
+    }
     let filters = filters(&args);
     let started = Instant::now();
 
@@ -183,36 +196,112 @@ fn main() -> ExitCode {
     }
 
     let (mut passed, mut failed) = (0, 0);
+    // Said again just before the closing line, where a CI log is read first.
+    let mut notes = Vec::new();
     for (kernel, plan) in &plans {
-        let console = match boot(kernel, &binaries, plan) {
-            Ok(c) => c,
-            Err(e) => return fail_whole_run(&format!("VM: {e}"), started),
-        };
-        let results = parse_console(&console);
+        let mut results: BTreeMap<String, SuiteResult> = BTreeMap::new();
+        let mut todo = plan.clone();
+        let mut consoles = Vec::new();
+        let mut retried = false;
+        // Why the tests still without a result have none (after the last boot).
+        let mut no_result;
+        loop {
+            let run = match boot(kernel, &binaries, &todo) {
+                Ok(r) => r,
+                Err(e) => return fail_whole_run(&format!("VM: {e}"), started),
+            };
+            no_result = "no result from the VM".to_string();
+            for (suite, got) in run.results {
+                results.entry(suite).or_default().tests.extend(got.tests);
+            }
+            consoles.push(run.console);
+            let Some(trouble) = run.trouble else { break };
+            let console = consoles.last().expect("this boot's console");
+            let during = match &trouble.during {
+                Some(test) => format!("during {}{test}", kernel.label),
+                None => "outside any test".to_string(),
+            };
+            let what = trouble.kind.describe();
+            println!(
+                "\n---- guest {what} {during} ({}, boot {}): the console from its report on ----",
+                kernel.dir.display(),
+                consoles.len()
+            );
+            print_console(&console[trouble.line..]);
+            println!("---- end of the guest {what} report ----\n");
+            let left = missing_tests(plan, &results);
+            let count = match left.iter().map(|(_, names)| names.len()).sum::<usize>() {
+                1 => "1 test".to_string(),
+                n => format!("{n} tests"),
+            };
+            no_result = format!("no result from the VM: guest {what} {during}");
+            if left.is_empty() {
+                notes.push(format!(
+                    "note: guest {what} {during} ({}), after every test had its result: not retried",
+                    kernel.dir.display()
+                ));
+                break;
+            }
+            if trouble.kind != KernelTrouble::Lockup {
+                notes.push(format!(
+                    "note: guest {what} {during} ({}): {count} got no result",
+                    kernel.dir.display()
+                ));
+                break;
+            }
+            if retried {
+                notes.push(format!(
+                    "note: guest {what} again {during} ({}), in the retry too: {count} got no result",
+                    kernel.dir.display()
+                ));
+                break;
+            }
+            retried = true;
+            let note = format!(
+                "note: guest {what} {during} ({}): {count} without a result, so retried once in a fresh VM",
+                kernel.dir.display()
+            );
+            println!("{note}\n");
+            notes.push(note);
+            todo = left;
+        }
+
         let mut failed_here = 0;
         for (suite, chosen) in plan {
-            let suite = suite.name;
-            let got = results.get(suite);
+            let got = results.get(suite.name);
             for name in chosen {
-                let outcome = got
-                    .and_then(|r| r.tests.get(name))
-                    .map(String::as_str)
-                    .unwrap_or("FAILED (no result from the VM)");
-                println!("test {}{suite}::{name} ... {outcome}", kernel.label);
-                if outcome == "ok" {
-                    passed += 1;
-                } else {
-                    failed_here += 1;
+                match got.and_then(|r| r.tests.get(name)).map(String::as_str) {
+                    Some("ok") => passed += 1,
+                    // Printed as it arrived.
+                    Some(_) => failed_here += 1,
+                    None => {
+                        println!(
+                            "test {}{}::{name} ... FAILED ({no_result})",
+                            kernel.label, suite.name
+                        );
+                        failed_here += 1;
+                    }
                 }
             }
         }
         if failed_here > 0 {
-            println!("\n---- VM console ({}) ----", kernel.dir.display());
-            for line in &console {
-                println!("{line}");
+            for (i, console) in consoles.iter().enumerate() {
+                let boot = if consoles.len() > 1 {
+                    format!(", boot {}", i + 1)
+                } else {
+                    String::new()
+                };
+                println!("\n---- VM console ({}{boot}) ----", kernel.dir.display());
+                print_console(console);
             }
         }
         failed += failed_here;
+    }
+    if !notes.is_empty() {
+        println!();
+        for note in &notes {
+            println!("{note}");
+        }
     }
     summary(passed, failed, filtered_out, started);
     if failed == 0 {
@@ -350,12 +439,37 @@ fn list_tests(binary: &Path, suite_args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Builds the initramfs, boots it and returns the console lines.
+/// What one boot gave.
+struct Boot {
+    /// The console lines, cleaned.
+    console: Vec<String>,
+    /// The results of the planned tests, each printed as it arrived.
+    results: BTreeMap<String, SuiteResult>,
+    /// The first sign of a sick guest kernel, after which qemu was stopped.
+    trouble: Option<Trouble>,
+}
+
+struct Trouble {
+    kind: KernelTrouble,
+    /// Index of its first line in the console.
+    line: usize,
+    /// `SUITE::NAME` of the test that was running.
+    during: Option<String>,
+}
+
+/// How long the console is still read after a sign of a sick kernel, for
+/// the stack traces that follow it (a panic stops qemu sooner).
+const TRACE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Builds the initramfs, boots it, prints each planned test's result line as
+/// it arrives on the console (named `LABEL SUITE::NAME`) and returns them with
+/// the console lines. Stops the VM shortly after a soft lockup, an RCU stall,
+/// a `BUG:` or a panic of the guest kernel.
 fn boot(
     kernel: &Kernel,
     binaries: &BTreeMap<&'static str, PathBuf>,
     plan: &[(&Suite, Vec<String>)],
-) -> Result<Vec<String>, String> {
+) -> Result<Boot, String> {
     let work = common::TempDir::new(&format!("netattach-test-{}-vm", common::unique_tag()));
     let plan_file = work.path().join("plan");
     let mut lines = String::new();
@@ -390,7 +504,14 @@ fn boot(
         .arg(kernel.dir.join("vmlinuz"))
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // A soft lockup panics (-no-reboot then ends qemu): the panic shows
+        // its stack even at the console log level /init sets (1: emergencies
+        // only), and panic_print=0x20 replays the kernel log, with the stuck
+        // CPU's registers and the other CPUs' backtraces, which that level hid.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -399,21 +520,48 @@ fn boot(
     let stdout = qemu.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        // Not `lines()`: a byte that is not UTF-8 must not end the console.
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
                 break;
             }
+            buf.clear();
         }
     });
-    let deadline = Instant::now() + VM_TIMEOUT;
+    let mut deadline = Instant::now() + VM_TIMEOUT;
     let mut console = Vec::new();
+    let mut parser = ConsoleParser::default();
+    let mut trouble = None;
     let mut timed_out = false;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => console.push(clean(&line)),
+            Ok(line) => {
+                let line = clean(line.trim_end_matches('\n'));
+                match parser.feed(&line) {
+                    Some(Event::Result {
+                        suite,
+                        name,
+                        outcome,
+                    }) if planned(plan, &suite, &name) => {
+                        println!("test {}{suite}::{name} ... {outcome}", kernel.label);
+                    }
+                    Some(Event::Trouble(kind)) => {
+                        trouble = Some(Trouble {
+                            kind,
+                            line: console.len(),
+                            during: running_test(&line, &parser, plan),
+                        });
+                        deadline = deadline.min(Instant::now() + TRACE_WINDOW);
+                    }
+                    _ => {}
+                }
+                console.push(line);
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
+                timed_out = trouble.is_none();
                 break;
             }
         }
@@ -422,12 +570,36 @@ fn boot(
     let out = qemu.wait_with_output().map_err(|e| e.to_string())?;
     if timed_out {
         console.push(format!("(VM killed after {VM_TIMEOUT:?})"));
+    } else if trouble.is_some() {
+        console.push("(VM stopped after the guest kernel's report)".to_string());
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if !err.trim().is_empty() {
         console.push(format!("(qemu stderr) {}", err.trim()));
     }
-    Ok(console)
+    let mut results = parser.results;
+    // Only the planned tests count (and were printed).
+    for (suite, got) in &mut results {
+        got.tests.retain(|name, _| planned(plan, suite, name));
+    }
+    Ok(Boot {
+        console,
+        results,
+        trouble,
+    })
+}
+
+/// Console lines, indented: scripts/test.sh sums the lines that start with
+/// `test result:`, and the suites in the VM print theirs.
+fn print_console(lines: &[String]) {
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
+fn planned(plan: &[(&Suite, Vec<String>)], suite: &str, name: &str) -> bool {
+    plan.iter()
+        .any(|(s, chosen)| s.name == suite && chosen.iter().any(|n| n == name))
 }
 
 /// A console line without the carriage return and terminal escapes.
@@ -444,6 +616,9 @@ fn clean(line: &str) -> String {
                         break;
                     }
                 }
+            } else {
+                // Two-character sequences, like SeaBIOS's reset (ESC c).
+                chars.next();
             }
         } else if c != '\r' {
             out.push(c);
@@ -459,27 +634,145 @@ struct SuiteResult {
     tests: BTreeMap<String, String>,
 }
 
-/// Reads `@@NAVM begin/end` blocks and libtest's `test NAME ... RESULT` lines.
-fn parse_console(console: &[String]) -> BTreeMap<String, SuiteResult> {
-    let mut results: BTreeMap<String, SuiteResult> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in console {
-        if let Some(name) = line.strip_prefix("@@NAVM begin ") {
-            current = Some(name.trim().to_string());
-            results.entry(name.trim().to_string()).or_default();
-        } else if line.starts_with("@@NAVM end ") {
-            current = None;
-        } else if let (Some(suite), Some(rest)) = (&current, line.strip_prefix("test ")) {
-            if let Some((name, outcome)) = rest.rsplit_once(" ... ") {
-                results
-                    .get_mut(suite)
-                    .expect("suite entry")
-                    .tests
-                    .insert(name.to_string(), outcome.trim().to_string());
-            }
+/// A sign on the console that the guest kernel is sick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelTrouble {
+    /// A soft or hard lockup or an RCU stall (or the panic it caused): seen
+    /// once under TCG in a test that passes on its own, so it is retried once.
+    Lockup,
+    /// A kernel panic or another `BUG:`: not retried.
+    Crash,
+}
+
+impl KernelTrouble {
+    fn describe(self) -> &'static str {
+        match self {
+            KernelTrouble::Lockup => "kernel soft lockup (or RCU stall)",
+            KernelTrouble::Crash => "kernel BUG or panic",
         }
     }
-    results
+}
+
+/// Whether a console line reports a sick guest kernel. Looked for anywhere in
+/// the line: a kernel message may land after the start of a test's line.
+fn kernel_trouble(line: &str) -> Option<KernelTrouble> {
+    const LOCKUP: &[&str] = &[
+        "BUG: soft lockup",
+        "detected hard LOCKUP",
+        "self-detected stall on CPU",
+        "detected stalls on CPUs",
+        // What softlockup_panic=1 and panic_on_rcu_stall make of them.
+        "Kernel panic - not syncing: softlockup",
+        "Kernel panic - not syncing: RCU Stall",
+    ];
+    const CRASH: &[&str] = &["BUG: ", "Kernel panic"];
+    if LOCKUP.iter().any(|p| line.contains(p)) {
+        Some(KernelTrouble::Lockup)
+    } else if CRASH.iter().any(|p| line.contains(p)) {
+        Some(KernelTrouble::Crash)
+    } else {
+        None
+    }
+}
+
+/// What a console line tells.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// A test's first result (`ok`, `FAILED`, ...).
+    Result {
+        suite: String,
+        name: String,
+        outcome: String,
+    },
+    /// The first sign of a sick kernel: the lines after it are not read.
+    Trouble(KernelTrouble),
+}
+
+/// Reads `@@NAVM begin/end` blocks and libtest's `test NAME ... RESULT` lines,
+/// one console line at a time.
+#[derive(Default)]
+struct ConsoleParser {
+    /// The suite between `@@NAVM begin` and `@@NAVM end`.
+    current: Option<String>,
+    results: BTreeMap<String, SuiteResult>,
+    trouble: Option<KernelTrouble>,
+}
+
+impl ConsoleParser {
+    fn feed(&mut self, line: &str) -> Option<Event> {
+        if self.trouble.is_some() {
+            return None;
+        }
+        if let Some(kind) = kernel_trouble(line) {
+            self.trouble = Some(kind);
+            return Some(Event::Trouble(kind));
+        }
+        if let Some(name) = line.strip_prefix("@@NAVM begin ") {
+            self.current = Some(name.trim().to_string());
+            self.results.entry(name.trim().to_string()).or_default();
+        } else if line.starts_with("@@NAVM end ") {
+            self.current = None;
+        } else if let (Some(suite), Some(rest)) = (&self.current, line.strip_prefix("test ")) {
+            if let Some((name, outcome)) = rest.rsplit_once(" ... ") {
+                let tests = &mut self.results.get_mut(suite).expect("suite entry").tests;
+                if !tests.contains_key(name) {
+                    let outcome = outcome.trim().to_string();
+                    tests.insert(name.to_string(), outcome.clone());
+                    return Some(Event::Result {
+                        suite: suite.clone(),
+                        name: name.to_string(),
+                        outcome,
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+/// `SUITE::NAME` of the test running when `line` came: the one the line
+/// starts to report (`test NAME ... ` cut short by a kernel message), else
+/// the current suite's first planned test without a result (libtest runs
+/// them one at a time here, in the order of its `--list`).
+fn running_test(
+    line: &str,
+    parser: &ConsoleParser,
+    plan: &[(&Suite, Vec<String>)],
+) -> Option<String> {
+    let suite = parser.current.as_deref()?;
+    let (_, chosen) = plan.iter().find(|(s, _)| s.name == suite)?;
+    let started = line
+        .strip_prefix("test ")
+        .and_then(|rest| rest.split_once(" ... "))
+        .map(|(name, _)| name);
+    let done = parser.results.get(suite);
+    let name = chosen
+        .iter()
+        .find(|n| Some(n.as_str()) == started)
+        .or_else(|| {
+            chosen
+                .iter()
+                .find(|n| done.is_none_or(|r| !r.tests.contains_key(*n)))
+        })?;
+    Some(format!("{suite}::{name}"))
+}
+
+/// The planned tests without a result, in plan order.
+fn missing_tests<'a>(
+    plan: &[(&'a Suite, Vec<String>)],
+    results: &BTreeMap<String, SuiteResult>,
+) -> Vec<(&'a Suite, Vec<String>)> {
+    plan.iter()
+        .filter_map(|(suite, chosen)| {
+            let done = results.get(suite.name);
+            let left: Vec<String> = chosen
+                .iter()
+                .filter(|n| done.is_none_or(|r| !r.tests.contains_key(*n)))
+                .cloned()
+                .collect();
+            (!left.is_empty()).then_some((*suite, left))
+        })
+        .collect()
 }
 
 fn fail_whole_run(why: &str, started: Instant) -> ExitCode {
@@ -495,4 +788,228 @@ fn summary(passed: usize, failed: usize, filtered_out: usize, started: Instant) 
         "\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered_out} filtered out; finished in {:.2}s\n",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Checks of the console reading above, run by `--self-check` (no VM, no
+/// root): `cargo test --test vm -- --self-check`.
+fn self_check() -> ExitCode {
+    let started = Instant::now();
+    type Check = fn() -> Result<(), String>;
+    let checks: &[(&str, Check)] = &[
+        ("kernel_trouble", check_kernel_trouble),
+        ("console_parser", check_console_parser),
+        ("running_test", check_running_test),
+        ("missing_tests", check_missing_tests),
+    ];
+    println!("\nrunning {} tests (self-check)", checks.len());
+    let mut failed = 0;
+    for (name, check) in checks {
+        match check() {
+            Ok(()) => println!("test self_check::{name} ... ok"),
+            Err(e) => {
+                println!("test self_check::{name} ... FAILED\n    {e}");
+                failed += 1;
+            }
+        }
+    }
+    summary(checks.len() - failed, failed, 0, started);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}, want {want:?}"))
+    }
+}
+
+const CHECK_SUITES: &[Suite] = &[
+    Suite {
+        name: "in_vm",
+        args: &["--ignored"],
+        prefix: "",
+    },
+    Suite {
+        name: "attach_macvlan",
+        args: &[],
+        prefix: "",
+    },
+];
+
+fn check_plan() -> Vec<(&'static Suite, Vec<String>)> {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+    vec![
+        (&CHECK_SUITES[0], names(&["a", "b", "c"])),
+        (&CHECK_SUITES[1], names(&["d"])),
+    ]
+}
+
+fn check_kernel_trouble() -> Result<(), String> {
+    use KernelTrouble::{Crash, Lockup};
+    let cases: &[(&str, Option<KernelTrouble>)] = &[
+        (
+            "[  812.345678] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [netattach:1234]",
+            Some(Lockup),
+        ),
+        (
+            "watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [netattach:99]",
+            Some(Lockup),
+        ),
+        (
+            "test in_vm::x ... [  9.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [ip:7]",
+            Some(Lockup),
+        ),
+        (
+            "[ 30.0] rcu: INFO: rcu_sched self-detected stall on CPU",
+            Some(Lockup),
+        ),
+        (
+            "[ 30.0] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
+            Some(Lockup),
+        ),
+        (
+            "[ 30.0] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            Some(Lockup),
+        ),
+        (
+            "[ 30.1] Kernel panic - not syncing: softlockup: hung tasks",
+            Some(Lockup),
+        ),
+        (
+            "[ 30.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000",
+            Some(Crash),
+        ),
+        (
+            "[ 5.0] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+            Some(Crash),
+        ),
+        ("test in_vm::ipvlan_l3_attach ... ok", None),
+        (
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            None,
+        ),
+        ("@@NAVM begin in_vm", None),
+        ("thread 'main' panicked at tests/in_vm.rs:12:5:", None),
+        ("[ 1.0] Run /init as init process", None),
+    ];
+    for (line, want) in cases {
+        expect_eq(line, kernel_trouble(line), *want)?;
+    }
+    Ok(())
+}
+
+fn check_console_parser() -> Result<(), String> {
+    let mut p = ConsoleParser::default();
+    let result = |suite: &str, name: &str, outcome: &str| {
+        Some(Event::Result {
+            suite: suite.into(),
+            name: name.into(),
+            outcome: outcome.into(),
+        })
+    };
+    let feed: &[(&str, Option<Event>)] = &[
+        ("@@NAVM kernel 6.1.0", None),
+        // Outside a suite's block: not a result.
+        ("test in_vm::a ... ok", None),
+        ("@@NAVM begin in_vm", None),
+        ("running 3 tests", None),
+        ("test a ... ok", result("in_vm", "a", "ok")),
+        // Only a test's first result counts (and is printed).
+        ("test a ... FAILED", None),
+        ("test b ... FAILED", result("in_vm", "b", "FAILED")),
+        ("test result: FAILED. 1 passed; 1 failed; 0 ignored", None),
+        ("@@NAVM end in_vm rc=101", None),
+        ("test c ... ok", None),
+        ("@@NAVM begin attach_macvlan", None),
+        // A kernel message at the end of a test's line is no result.
+        (
+            "test d ... [ 9.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [ip:7]",
+            Some(Event::Trouble(KernelTrouble::Lockup)),
+        ),
+        // Nor is anything after it.
+        ("test d ... ok", None),
+        (
+            "[ 9.2] Kernel panic - not syncing: softlockup: hung tasks",
+            None,
+        ),
+    ];
+    for (line, want) in feed {
+        expect_eq(line, p.feed(line).as_ref(), want.as_ref())?;
+    }
+    let got = |suite: &str, name: &str| {
+        p.results
+            .get(suite)
+            .and_then(|r| r.tests.get(name))
+            .cloned()
+    };
+    expect_eq("in_vm::a", got("in_vm", "a"), Some("ok".into()))?;
+    expect_eq("in_vm::b", got("in_vm", "b"), Some("FAILED".into()))?;
+    expect_eq("in_vm::c", got("in_vm", "c"), None)?;
+    expect_eq("attach_macvlan::d", got("attach_macvlan", "d"), None)?;
+    expect_eq("trouble", p.trouble, Some(KernelTrouble::Lockup))
+}
+
+fn check_running_test() -> Result<(), String> {
+    let plan = check_plan();
+    let mut p = ConsoleParser::default();
+    let lockup = "[ 9.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [ip:7]";
+    expect_eq("before any suite", running_test(lockup, &p, &plan), None)?;
+    for line in ["@@NAVM begin in_vm", "test a ... ok"] {
+        p.feed(line);
+    }
+    expect_eq(
+        "after a",
+        running_test(lockup, &p, &plan),
+        Some("in_vm::b".into()),
+    )?;
+    // Named by the line it cut short (b may have been skipped by libtest).
+    expect_eq(
+        "cut short",
+        running_test(&format!("test c ... {lockup}"), &p, &plan),
+        Some("in_vm::c".into()),
+    )?;
+    for line in ["test b ... ok", "test c ... ok", "@@NAVM end in_vm rc=0"] {
+        p.feed(line);
+    }
+    expect_eq("between suites", running_test(lockup, &p, &plan), None)
+}
+
+fn check_missing_tests() -> Result<(), String> {
+    let plan = check_plan();
+    let names = |left: Vec<(&Suite, Vec<String>)>| -> Vec<String> {
+        left.into_iter()
+            .flat_map(|(s, n)| n.into_iter().map(move |n| format!("{}::{n}", s.name)))
+            .collect()
+    };
+    let mut results: BTreeMap<String, SuiteResult> = BTreeMap::new();
+    expect_eq(
+        "no results",
+        names(missing_tests(&plan, &results)),
+        vec!["in_vm::a", "in_vm::b", "in_vm::c", "attach_macvlan::d"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    )?;
+    let tests = &mut results.entry("in_vm".into()).or_default().tests;
+    tests.insert("a".into(), "ok".into());
+    // A failure is a result too: not run again.
+    tests.insert("c".into(), "FAILED".into());
+    expect_eq(
+        "a and c done",
+        names(missing_tests(&plan, &results)),
+        vec!["in_vm::b".to_string(), "attach_macvlan::d".to_string()],
+    )?;
+    let tests = &mut results.entry("in_vm".into()).or_default().tests;
+    tests.insert("b".into(), "ok".into());
+    results
+        .entry("attach_macvlan".into())
+        .or_default()
+        .tests
+        .insert("d".into(), "ok".into());
+    expect_eq("all done", missing_tests(&plan, &results).len(), 0)
 }
