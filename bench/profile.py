@@ -34,7 +34,7 @@ REPO = bench.REPO
 def build():
     triple = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
     triple = re.search(r"^host: (\S+)", triple, re.M).group(1)
-    env = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static")
+    env = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static")  # as scripts/build.sh
     subprocess.run(["cargo", "build", "--quiet", "--profile", "profiling", "--target", triple, "--bin", "netattach"],
                    cwd=REPO, env=env, check=True)
     return f"{REPO}/target/{triple}/profiling/netattach"

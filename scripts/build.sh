@@ -12,5 +12,12 @@ cd "$repo"
 triple=$(rustc -vV | sed -n 's/^host: //p')
 # With an explicit --target, RUSTFLAGS reach only the target's artifacts, not
 # build scripts and proc macros (which cannot be static).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$triple" >&2
+# relocation-model=static links a fixed-address executable instead of a
+# static PIE: a static PIE relocates itself (some 17,000 pointers) at every
+# start, which costs a hook ~0.25 ms per container start (BENCHMARKS.md). The
+# price is no address randomization of the executable's own code and data
+# (its stack, heap and mappings are still randomized), as with Go's static
+# binaries such as the CNI plugins.
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+    cargo build --release --quiet --target "$triple" >&2
 echo "$repo/target/$triple/release/netattach"

@@ -15,9 +15,10 @@ use crate::config::{Driver, IpvlanFlag, Mode, Network, NetworkDir};
 use crate::identity::{self, Identity};
 use crate::ipam::{Attachment, Lease, LeaseStore, Reservation};
 use crate::liveness::{Found, Namespaces};
-use crate::netlink::link::{Link, LinkKind, NewLink};
-use crate::netlink::{Netlink, NetlinkError};
-use crate::netns::{self, Netns};
+use crate::netlink::addr::add_address_request;
+use crate::netlink::link::{rename_and_up_request, Link, LinkKind, NewLink};
+use crate::netlink::{BatchError, Netlink, NetlinkError, Request};
+use crate::netns::{self, Netns, NetnsThread, Pending};
 use crate::plan::{self, LinkPlan};
 use crate::request::{MacAddr, NetworkRequest};
 use crate::vlan;
@@ -42,14 +43,44 @@ pub struct Attached {
     pub warnings: Vec<String>,
 }
 
+/// A container's network namespace, opened for an attach. A thread inside it
+/// is already opening the attach's netlink socket there while the face opens
+/// its lease store (on two cores the two overlap).
+pub struct Target {
+    netns: Netns,
+    thread: NetnsThread,
+    socket: Pending<crate::netlink::Result<Netlink>>,
+}
+
+impl Target {
+    pub fn open(path: &Path) -> Result<Target> {
+        let netns = Netns::open(path)
+            .with_context(|| format!("open network namespace {}", path.display()))?;
+        let thread = NetnsThread::spawn(&netns)
+            .with_context(|| format!("enter network namespace {}", path.display()))?;
+        let socket = thread.submit(Netlink::open);
+        Ok(Target {
+            netns,
+            thread,
+            socket,
+        })
+    }
+}
+
 /// Attaches `owner` (container or pod id) in `target` to the requested networks.
 pub fn attach(
     networks: &NetworkDir,
     store: &dyn LeaseStore,
     owner: &str,
-    target: &Netns,
+    target: Target,
     requests: &[NetworkRequest],
 ) -> Result<Attached> {
+    let Target {
+        netns: target,
+        thread: inside_thread,
+        socket: inside_socket,
+    } = target;
+    let target = &target;
     if target.is_current().context("inspect network namespaces")? {
         bail!(
             "{} is the network namespace netattach runs in, not a container's own; refusing to touch it",
@@ -74,13 +105,27 @@ pub fn attach(
             },
         })
         .collect::<Result<Vec<Network>, _>>()?;
-    let links = attach_defined(target, store, owner, requests, definitions, &all)?;
+    let inside = Inside {
+        thread: &inside_thread,
+        netlink: inside_socket
+            .wait()
+            .context("enter the container's network namespace")??,
+    };
+    let links = attach_defined(target, inside, store, owner, requests, definitions, &all)?;
     Ok(Attached { links, warnings })
+}
+
+/// The container's side of an attach: a netlink socket in its namespace, and
+/// a thread there for what netlink cannot do (per-interface sysctls).
+struct Inside<'a> {
+    thread: &'a NetnsThread,
+    netlink: Netlink,
 }
 
 /// The attach proper, once the definitions are known.
 fn attach_defined(
     target: &Netns,
+    mut inside: Inside<'_>,
     store: &dyn LeaseStore,
     owner: &str,
     requests: &[NetworkRequest],
@@ -88,9 +133,6 @@ fn attach_defined(
     all: &[Network],
 ) -> Result<Vec<AttachedLink>> {
     let mut host = Netlink::open()?;
-    let mut inside = target
-        .run(Netlink::open)
-        .context("enter the container's network namespace")??;
 
     // Idempotency: networks this owner already has, with their link complete
     // (up, every leased address on it), are done. Anything less is what an
@@ -110,7 +152,7 @@ fn attach_defined(
         .iter()
         .any(|a| requests.iter().any(|r| r.name == a.network))
     {
-        remove_orphaned_temporary_links(&mut inside)?;
+        remove_orphaned_temporary_links(&mut inside.netlink)?;
     }
     for (i, (req, net)) in requests.iter().zip(definitions).enumerate() {
         if let Some(a) = previous.iter().find(|a| a.network == net.name) {
@@ -119,8 +161,10 @@ fn attach_defined(
                 .into_iter()
                 .filter(|l| l.network == net.name)
                 .collect();
-            match inside.link_by_name(&a.ifname)? {
-                Some(link) if is_ours(&link) && is_complete(&mut inside, &link, &leases)? => {
+            match inside.netlink.link_by_name(&a.ifname)? {
+                Some(link)
+                    if is_ours(&link) && is_complete(&mut inside.netlink, &link, &leases)? =>
+                {
                     if default_routes.as_ref().is_some_and(|(d, _)| *d == i) {
                         default_link_done = Some((link.index, net.name.clone()));
                     }
@@ -133,7 +177,7 @@ fn attach_defined(
                     });
                     continue;
                 }
-                Some(link) if is_ours(&link) => inside.delete_link(link.index)?,
+                Some(link) if is_ours(&link) => inside.netlink.delete_link(link.index)?,
                 _ => {}
             }
             store.release_networks(owner, std::slice::from_ref(&net.name))?;
@@ -143,13 +187,18 @@ fn attach_defined(
         todo_indices.push(i);
     }
     if let (Some((index, network)), Some((_, routes))) = (&default_link_done, &default_routes) {
-        add_missing_default_routes(&mut inside, *index, routes, network)?;
+        add_missing_default_routes(&mut inside.netlink, *index, routes, network)?;
     }
     if todo_requests.is_empty() {
         return Ok(done);
     }
 
-    let names: Vec<String> = inside.links()?.into_iter().map(|l| l.name).collect();
+    let names: Vec<String> = inside
+        .netlink
+        .links()?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
     let scope = plan::Scope {
         peers: all,
         existing_ifnames: &names,
@@ -164,7 +213,7 @@ fn attach_defined(
     }
     crate::timing::mark("planned");
     let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
-    let identity = identity::for_attach(target, &mut inside, store.deadline())?.to_string();
+    let identity = identity::for_attach(target, &mut inside.netlink, store.deadline())?.to_string();
     // The parent-sharing rules, addresses and MACs are settled in one
     // transaction; an owner in the way is first checked for being alive.
     let mut namespaces = Namespaces::new();
@@ -189,7 +238,7 @@ fn attach_defined(
         Err(err) => {
             let mut problems = Vec::new();
             for index in created {
-                if let Err(e) = inside.delete_link(index) {
+                if let Err(e) = inside.netlink.delete_link(index) {
                     problems.push(e.to_string());
                 }
             }
@@ -368,7 +417,7 @@ fn temporary_name_pid(name: &str) -> Option<u32> {
 /// (inside the netns) of links made so far, for rollback.
 fn apply(
     host: &mut Netlink,
-    inside: &mut Netlink,
+    inside: &mut Inside<'_>,
     store: &dyn LeaseStore,
     target: &Netns,
     plans: &[LinkPlan],
@@ -378,12 +427,12 @@ fn apply(
     let mut attached = Vec::with_capacity(plans.len());
     let per_plan = reservation.leases.iter().zip(&reservation.macs);
     for (plan, (leases, mac)) in plans.iter().zip(per_plan) {
-        let index = create_link(host, inside, store, target, plan, *mac)?;
+        let link = create_link(host, &mut inside.netlink, store, target, plan, *mac)?;
         crate::timing::mark("link created");
-        created.push(index);
-        configure_link(inside, target, plan, index, leases)?;
-        crate::timing::mark("link renamed, sysctls, addresses, up");
-        let mac = inside.link_by_index(index)?.and_then(|l| l.mac);
+        created.push(link.index);
+        configure_link(inside, plan, &link, leases)?;
+        crate::timing::mark("link sysctls, addresses, name, up");
+        let mac = link.mac;
         attached.push(AttachedLink {
             network: plan.network.name.clone(),
             ifname: plan.ifname.clone(),
@@ -395,7 +444,12 @@ fn apply(
     crate::timing::mark("links done");
     // Routes after every link is up: a gateway is only reachable through an up link.
     for (plan, &index) in plans.iter().zip(created.iter()) {
-        add_missing_default_routes(inside, index, &plan.default_routes, &plan.network.name)?;
+        add_missing_default_routes(
+            &mut inside.netlink,
+            index,
+            &plan.default_routes,
+            &plan.network.name,
+        )?;
     }
     crate::timing::mark("default routes");
     Ok(attached)
@@ -428,7 +482,7 @@ fn temporary_name() -> String {
 }
 
 /// Creates the link directly in the netns (IFLA_NET_NS_FD) on the parent's
-/// ifindex, under a temporary name, and returns its ifindex inside the netns.
+/// ifindex, under a temporary name, and returns it as seen inside the netns.
 fn create_link(
     host: &mut Netlink,
     inside: &mut Netlink,
@@ -436,7 +490,7 @@ fn create_link(
     target: &Netns,
     plan: &LinkPlan,
     mac: Option<MacAddr>,
-) -> Result<u32> {
+) -> Result<Link> {
     let net = &plan.network;
     // Resolved here, per link, so a parent that vanished since an earlier link
     // of the same attach is reported as such.
@@ -469,7 +523,7 @@ fn create_link(
     };
     create_with_teardown_retry(host, &new).map_err(|e| explain_create_error(net, e))?;
     match inside.link_by_name(&tmp) {
-        Ok(Some(link)) => Ok(link.index),
+        Ok(Some(link)) => Ok(link),
         // The link exists but is not in `created` yet, so rollback would miss
         // it: look once more and delete it before failing.
         lookup => {
@@ -520,53 +574,57 @@ fn create_with_teardown_retry(host: &mut Netlink, new: &NewLink<'_>) -> Result<(
     }
 }
 
-/// Rename, sysctls, addresses, up.
+/// Sysctls, addresses, name, up: the link is still down under its temporary
+/// name until the last step, so nothing is announced before it is complete
+/// (`arp_notify` announces the addresses present when it comes up).
 fn configure_link(
-    inside: &mut Netlink,
-    target: &Netns,
+    inside: &mut Inside<'_>,
     plan: &LinkPlan,
-    index: u32,
+    link: &Link,
     leases: &[Lease],
 ) -> Result<()> {
     let net = &plan.network.name;
-    inside.rename_link(index, &plan.ifname).map_err(|e| {
-        if e.errno() == Some(libc::EEXIST) {
-            anyhow!(
-                "network {net}: interface {} already exists in the container's network namespace",
-                plan.ifname
-            )
-        } else {
-            anyhow!(e)
-        }
-    })?;
-    let ifname = plan.ifname.clone();
+    let tmp = link.name.clone();
     let has_v6 = leases.iter().any(|l| l.address.is_ipv6());
-    target.run(move || -> std::io::Result<()> {
+    inside.thread.run(move || -> std::io::Result<()> {
         // Announce the address on link-up (gratuitous ARP / unsolicited NA), so
         // the LAN's caches learn the new MAC at once.
-        netns::set_interface_sysctl("ipv4", &ifname, "arp_notify", "1")?;
+        netns::set_interface_sysctl("ipv4", &tmp, "arp_notify", "1")?;
         // Linux answers ARP for any of its addresses on every interface. A
         // container with two links on one LAN (two networks on one parent)
         // would answer for each address with both MACs: only the interface
         // that carries an address answers for it, and asks with its own.
-        netns::set_interface_sysctl("ipv4", &ifname, "arp_ignore", "1")?;
-        netns::set_interface_sysctl("ipv4", &ifname, "arp_announce", "2")?;
+        netns::set_interface_sysctl("ipv4", &tmp, "arp_ignore", "1")?;
+        netns::set_interface_sysctl("ipv4", &tmp, "arp_announce", "2")?;
         if has_v6 || std::path::Path::new("/proc/sys/net/ipv6").exists() {
-            netns::set_interface_sysctl("ipv6", &ifname, "ndisc_notify", "1")?;
+            netns::set_interface_sysctl("ipv6", &tmp, "ndisc_notify", "1")?;
             // The LAN's router advertisements must not add addresses or
             // default routes that the store does not know of.
-            netns::set_interface_sysctl("ipv6", &ifname, "accept_ra", "0")?;
-            netns::set_interface_sysctl("ipv6", &ifname, "autoconf", "0")?;
+            netns::set_interface_sysctl("ipv6", &tmp, "accept_ra", "0")?;
+            netns::set_interface_sysctl("ipv6", &tmp, "autoconf", "0")?;
         }
         Ok(())
     })??;
-    for lease in leases {
-        inside
-            .add_address(index, lease.address, lease.prefix_len)
-            .with_context(|| format!("network {net}"))?;
-    }
-    inside.set_link_up(index, &plan.ifname)?;
-    Ok(())
+    // One round trip: the addresses, then the name and up.
+    let mut requests: Vec<Request> = leases
+        .iter()
+        .map(|l| add_address_request(link.index, l.address, l.prefix_len))
+        .collect();
+    requests.push(rename_and_up_request(link.index, &plan.ifname));
+    let last = requests.len() - 1;
+    inside
+        .netlink
+        .batch(requests)
+        .map_err(|BatchError { index, error }| {
+            if index == last && error.errno() == Some(libc::EEXIST) {
+                anyhow!(
+                "network {net}: interface {} already exists in the container's network namespace",
+                plan.ifname
+            )
+            } else {
+                anyhow!(error).context(format!("network {net}"))
+            }
+        })
 }
 
 fn link_kind(net: &Network) -> LinkKind {

@@ -44,10 +44,29 @@ enum Command {
     Nri(cli::nri::NriArgs),
 }
 
+/// `netattach hook [attach|release]` without options, as every container
+/// start runs it, read without building the full parser; the directories
+/// come from the environment or the defaults, as the parser would take them.
+fn hook_as_runtimes_run_it() -> Option<Cli> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let hook = cli::hook::HookArgs::from_exact_args(&args)?;
+    // An empty variable is the parser's error to report.
+    let dir = |var: &str, default: &str| match std::env::var_os(var) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from(default)),
+    };
+    Some(Cli {
+        config_dir: dir("NETATTACH_CONFIG_DIR", DEFAULT_CONFIG_DIR)?,
+        state_dir: dir("NETATTACH_STATE_DIR", cli::DEFAULT_STATE_DIR)?,
+        command: Command::Hook(hook),
+    })
+}
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     netattach::timing::mark("main");
-    let cli = Cli::parse();
+    let cli = hook_as_runtimes_run_it().unwrap_or_else(Cli::parse);
     netattach::timing::mark("arguments parsed");
     let ctx = cli::Context {
         config_dir: cli.config_dir,

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use super::{print_table, single_request, Context};
 use crate::engine;
-use crate::netns::Netns;
 
 #[derive(Args)]
 pub struct AttachArgs {
@@ -47,12 +46,12 @@ pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
         None => (args.network.as_str(), None),
     };
     let requests = single_request(name, interface, &args.ip, args.mac.as_deref())?;
-    let netns = Netns::open(&args.netns)
-        .map_err(|e| anyhow!("open network namespace {}: {e}", args.netns.display()))?;
+    let target = engine::Target::open(&args.netns)?;
     let owner = args.id.unwrap_or_else(|| args.netns.display().to_string());
     let store = ctx.store()?;
+    store.on_start_path();
     crate::timing::mark("lease store open");
-    let attached = engine::attach(&ctx.networks(), &store, &owner, &netns, &requests)?;
+    let attached = engine::attach(&ctx.networks(), &store, &owner, target, &requests)?;
     for w in &attached.warnings {
         eprintln!("netattach: warning: {w}");
     }

@@ -14,7 +14,10 @@
 //! every container start. Instead the WAL is kept across processes and only
 //! folded back (`wal_checkpoint(TRUNCATE)`) once it passes `WAL_FOLD_BYTES`. It
 //! must stay short because the first connection of every process re-reads the
-//! whole WAL to rebuild its index. A rollback journal was measured too: a bit
+//! whole WAL to rebuild its index. A fold syncs the WAL and the database, so a
+//! process on a container's start path leaves it to the others (releases, gc,
+//! the CLI) unless the WAL has grown past `START_PATH_FOLD_BYTES` (see
+//! [`SqliteStore::on_start_path`]). A rollback journal was measured too: a bit
 //! faster for a lone process, but 16 concurrent writers then waited up to 4 s
 //! for the lock.
 //!
@@ -57,6 +60,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +87,10 @@ const LOCK_FILE: &str = "leases.lock";
 
 /// WAL size past which a closing store folds it back into the database.
 const WAL_FOLD_BYTES: u64 = 64 * 4120;
+
+/// WAL size past which even a process on a container's start path folds it:
+/// only when nothing else has for a long while (attaches with no release).
+const START_PATH_FOLD_BYTES: u64 = 4 * WAL_FOLD_BYTES;
 
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
@@ -219,6 +227,8 @@ pub struct SqliteStore {
     /// When waits for the queue or the database give up (see `set_deadline`);
     /// shared with the connection's busy handler.
     deadline: Arc<Mutex<Option<Deadline>>>,
+    /// WAL size past which closing the store folds the WAL.
+    fold_at: AtomicU64,
 }
 
 /// Holds the write queue's flock; released on drop.
@@ -472,7 +482,15 @@ impl SqliteStore {
             queue,
             queue_path,
             deadline,
+            fold_at: AtomicU64::new(WAL_FOLD_BYTES),
         })
+    }
+
+    /// This process is on a container's start path (an attach): closing the
+    /// store leaves the WAL's fold, and its fsyncs, to a process that is not,
+    /// unless the WAL has grown to [`START_PATH_FOLD_BYTES`].
+    pub fn on_start_path(&self) {
+        self.fold_at.store(START_PATH_FOLD_BYTES, Ordering::Relaxed);
     }
 
     /// Bounds every later wait of this store (for its write turn, for SQLite's
@@ -925,7 +943,8 @@ impl Reserving<'_, '_, '_> {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         let wal = self.path.with_extension("db-wal");
-        let long = fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_FOLD_BYTES);
+        let fold_at = self.fold_at.load(Ordering::Relaxed);
+        let long = fs::metadata(&wal).is_ok_and(|m| m.len() > fold_at);
         if long {
             // Best effort and brief (this runs on the start path): if other
             // processes keep it busy, a later close folds it.
@@ -1355,6 +1374,41 @@ mod tests {
             take1(&s, "c2", &n),
             ip("10.0.0.2"),
             "the cursor survives a reopen"
+        );
+    }
+
+    /// A closing store folds a long WAL back, except on a container's start
+    /// path, which leaves that (and its fsyncs) to a release until the WAL is
+    /// very long.
+    #[test]
+    fn only_a_very_long_wal_is_folded_on_the_start_path() {
+        let dir = TempDir::new("fold");
+        let n = network(
+            "n1",
+            vec![subnet("10.0.0.0/16", None, None, &[])],
+            IpamMode::Pool,
+        );
+        let wal = dir.0.join("leases.db-wal");
+        let wal_len = || fs::metadata(&wal).map_or(0, |m| m.len());
+        let mut owner = 0;
+        // Grows the WAL past `to` through one store on the start path.
+        let grow_past = |to: u64, owner: &mut i32| {
+            let s = SqliteStore::open(&dir.0).unwrap();
+            s.on_start_path();
+            while wal_len() <= to {
+                *owner += 1;
+                take1(&s, &format!("c{owner}"), &n);
+            }
+        };
+        grow_past(WAL_FOLD_BYTES, &mut owner);
+        assert!(wal_len() > WAL_FOLD_BYTES, "the attach left it long");
+        drop(SqliteStore::open(&dir.0).unwrap());
+        assert_eq!(wal_len(), 0, "a release-side close folds it");
+        grow_past(START_PATH_FOLD_BYTES, &mut owner);
+        assert_eq!(
+            wal_len(),
+            0,
+            "past the start-path limit, an attach folds it too"
         );
     }
 

@@ -6,7 +6,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{Netlink, Result};
+use super::{Netlink, Request, Result};
 
 /// An address as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,39 +17,6 @@ pub struct Address {
 }
 
 impl Netlink {
-    /// Adds `address/prefix_len` to link `index`. IPv6 addresses skip duplicate
-    /// address detection (`IFA_F_NODAD`): the lease store already guarantees
-    /// uniqueness, and DAD would hold the address tentative for 1-2 s.
-    pub fn add_address(&mut self, index: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.index = index;
-        msg.header.prefix_len = prefix_len;
-        match address {
-            IpAddr::V4(v4) => {
-                msg.header.family = AddressFamily::Inet;
-                msg.attributes.push(AddressAttribute::Local(address));
-                msg.attributes.push(AddressAttribute::Address(address));
-                let net = ipnet::Ipv4Net::new(v4, prefix_len).map(|n| n.broadcast());
-                if let Ok(brd) = net {
-                    if prefix_len < 31 {
-                        msg.attributes.push(AddressAttribute::Broadcast(brd));
-                    }
-                }
-            }
-            IpAddr::V6(_) => {
-                msg.header.family = AddressFamily::Inet6;
-                msg.attributes.push(AddressAttribute::Address(address));
-                msg.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
-        }
-        self.request(
-            &format!("add address {address}/{prefix_len}"),
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-    }
-
     /// Every address of the namespace.
     pub fn addresses(&mut self) -> Result<Vec<Address>> {
         let replies = self.dump(
@@ -73,5 +40,38 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+}
+
+/// The request that adds `address/prefix_len` to link `index`. IPv6 addresses
+/// skip duplicate address detection (`IFA_F_NODAD`): the lease store already
+/// guarantees uniqueness, and DAD would hold the address tentative for 1-2 s.
+pub fn add_address_request(index: u32, address: IpAddr, prefix_len: u8) -> Request {
+    let mut msg = AddressMessage::default();
+    msg.header.index = index;
+    msg.header.prefix_len = prefix_len;
+    match address {
+        IpAddr::V4(v4) => {
+            msg.header.family = AddressFamily::Inet;
+            msg.attributes.push(AddressAttribute::Local(address));
+            msg.attributes.push(AddressAttribute::Address(address));
+            let net = ipnet::Ipv4Net::new(v4, prefix_len).map(|n| n.broadcast());
+            if let Ok(brd) = net {
+                if prefix_len < 31 {
+                    msg.attributes.push(AddressAttribute::Broadcast(brd));
+                }
+            }
+        }
+        IpAddr::V6(_) => {
+            msg.header.family = AddressFamily::Inet6;
+            msg.attributes.push(AddressAttribute::Address(address));
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+    }
+    Request {
+        op: format!("add address {address}/{prefix_len}"),
+        msg: RouteNetlinkMessage::NewAddress(msg),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
     }
 }

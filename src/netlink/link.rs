@@ -9,7 +9,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::{Netlink, Result};
+use super::{Netlink, Request, Result};
 
 /// What we need to know of an existing link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,17 +182,6 @@ impl Netlink {
         )
     }
 
-    /// Renames a (down) link.
-    pub fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
-        let mut msg = link_message(index);
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.request(
-            &format!("rename link to {name}"),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        )
-    }
-
     /// Sets a link's alias.
     pub fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<()> {
         let mut msg = link_message(index);
@@ -250,5 +239,20 @@ impl Netlink {
             Err(e) => Err(e),
             Ok(()) => Ok(true),
         }
+    }
+}
+
+/// The request that names link `index` `name` and brings it up, in that
+/// order (the kernel renames before it changes flags, and does not change
+/// them when the rename fails: EEXIST leaves the link down).
+pub fn rename_and_up_request(index: u32, name: &str) -> Request {
+    let mut msg = link_message(index);
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    Request {
+        op: format!("name the link {name} and bring it up"),
+        msg: RouteNetlinkMessage::SetLink(msg),
+        flags: 0,
     }
 }

@@ -44,6 +44,28 @@ impl NetlinkError {
 
 pub type Result<T> = std::result::Result<T, NetlinkError>;
 
+/// Why no acknowledgement came: the kernel refused the request, or the
+/// socket failed (then nothing more can be read from it).
+enum Failure {
+    Refused(NetlinkError),
+    Socket(NetlinkError),
+}
+
+/// One request of a [`Netlink::batch`]: what it does (for its error), the
+/// message and its flags (`NLM_F_REQUEST | NLM_F_ACK` are added).
+pub struct Request {
+    pub op: String,
+    pub msg: RouteNetlinkMessage,
+    pub flags: u16,
+}
+
+/// The first request of a batch that failed: its position, and why.
+#[derive(Debug)]
+pub struct BatchError {
+    pub index: usize,
+    pub error: NetlinkError,
+}
+
 /// One rtnetlink socket, bound to the namespace it was opened in.
 pub struct Netlink {
     socket: Socket,
@@ -102,42 +124,94 @@ impl Netlink {
     }
 
     fn send(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
+        let mut out = Vec::new();
+        let seq = self.append(&mut out, msg, flags);
+        self.socket
+            .send(&out, 0)
+            .map_err(|e| NetlinkError::io(op, e))?;
+        Ok(seq)
+    }
+
+    /// Serializes `msg` under the next sequence number at the end of `out`.
+    fn append(&mut self, out: &mut Vec<u8>, msg: RouteNetlinkMessage, flags: u16) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.socket
-            .send(&out, 0)
-            .map_err(|e| NetlinkError::io(op, e))?;
-        Ok(self.seq)
+        let start = out.len();
+        out.resize(start + packet.buffer_len(), 0);
+        packet.serialize(&mut out[start..]);
+        self.seq
+    }
+
+    /// Sends `requests` in one datagram and reads every acknowledgement:
+    /// one round trip instead of one per request. The kernel handles them
+    /// in order and goes on after a failed one, so a caller whose later
+    /// requests depend on earlier ones must undo the lot on error (an
+    /// attach deletes the link). Returns the first failure.
+    pub fn batch(&mut self, requests: Vec<Request>) -> std::result::Result<(), BatchError> {
+        let mut out = Vec::new();
+        let mut pending = Vec::with_capacity(requests.len());
+        for r in requests {
+            let seq = self.append(&mut out, r.msg, r.flags | NLM_F_ACK);
+            pending.push((seq, r.op));
+        }
+        let Some((_, first_op)) = pending.first() else {
+            return Ok(());
+        };
+        if let Err(e) = self.socket.send(&out, 0) {
+            return Err(BatchError {
+                index: 0,
+                error: NetlinkError::io(first_op, e),
+            });
+        }
+        // Each request's ack in turn: the kernel answers in order.
+        let mut first_error = None;
+        for (index, (seq, op)) in pending.iter().enumerate() {
+            match self.receive_answer(op, *seq, |_| {}) {
+                Ok(()) => {}
+                Err(Failure::Refused(error)) => {
+                    first_error.get_or_insert(BatchError { index, error });
+                }
+                // No later ack can be read from a failing socket.
+                Err(Failure::Socket(error)) => {
+                    return Err(first_error.unwrap_or(BatchError { index, error }))
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Reads replies to `seq`, handing each inner message to `each`, until the
     /// ack (or, for a dump, the end). Errors carry the kernel's message.
-    fn receive(
+    fn receive(&mut self, op: &str, seq: u32, each: impl FnMut(RouteNetlinkMessage)) -> Result<()> {
+        self.receive_answer(op, seq, each).map_err(|f| match f {
+            Failure::Refused(e) | Failure::Socket(e) => e,
+        })
+    }
+
+    /// [`Netlink::receive`], telling the kernel's refusal of the request
+    /// apart from the socket failing.
+    fn receive_answer(
         &mut self,
         op: &str,
         seq: u32,
         mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Failure> {
+        let socket_error = |e| Failure::Socket(NetlinkError::io(op, e));
         loop {
             let len = self
                 .socket
                 .recv(&mut &mut self.buf[..], 0)
-                .map_err(|e| NetlinkError::io(op, e))?;
+                .map_err(socket_error)?;
             let mut offset = 0;
             while offset < len {
                 let bytes = &self.buf[offset..len];
                 let msg =
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
-                        NetlinkError::io(
-                            op,
-                            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                        )
+                        socket_error(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
                     })?;
                 let msg_len = msg.header.length as usize;
                 if msg_len == 0 {
@@ -152,11 +226,11 @@ impl Netlink {
                     NetlinkPayload::Error(err) => {
                         return match err.code {
                             None => Ok(()),
-                            Some(code) => Err(NetlinkError {
+                            Some(code) => Err(Failure::Refused(NetlinkError {
                                 op: op.to_string(),
                                 source: io::Error::from_raw_os_error(-code.get()),
                                 detail: extack_message(&err.header),
-                            }),
+                            })),
                         };
                     }
                     NetlinkPayload::InnerMessage(inner) => each(inner),

@@ -39,7 +39,6 @@ use crate::config::NetworkDir;
 use crate::deadline::Deadline;
 use crate::ipam::sqlite::SqliteStore;
 use crate::ipam::LeaseStore;
-use crate::netns::Netns;
 use crate::{engine, nri_log, request};
 
 /// Events netattach subscribes to: bit `1 << (e - 1)` per event.
@@ -505,10 +504,9 @@ fn attach(
 ) -> anyhow::Result<Vec<engine::AttachedLink>> {
     let store = plugin.store()?;
     owners.record(&pod.id)?;
-    let netns = Netns::open(Path::new(&pod.netns))
-        .with_context(|| format!("open network namespace {}", pod.netns))?;
+    let target = engine::Target::open(Path::new(&pod.netns))?;
     let networks = NetworkDir::new(plugin.paths().config_dir);
-    let attached = engine::attach(&networks, &*store, &pod.id, &netns, requests)?;
+    let attached = engine::attach(&networks, &*store, &pod.id, target, requests)?;
     for w in &attached.warnings {
         nri_log!(warn, "pod {} ({}): {w}", pod.label, pod.id);
     }
