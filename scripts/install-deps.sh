@@ -27,6 +27,7 @@ packages=(
     cpio               # the VM's initramfs
     kmod               # depmod/modprobe to order the VM kernel's modules
     python3            # benchmarks; a foreign SQLite writer in the fault tests
+    etcd-server        # etcd 3.4: tests/etcd_client.rs starts its own on free ports (the packaged service is not used)
 )
 
 missing=()
@@ -44,6 +45,11 @@ else
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     echo "install-deps: done"
+fi
+# The tests start their own etcd on free ports; Debian's package enables a
+# service on the default port, which nothing here wants running.
+if [[ -d /run/systemd/system ]] && systemctl is-enabled --quiet etcd 2>/dev/null; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
 # Debian's kernels for the test VM (tests/vm.rs), fetched once, not installed:

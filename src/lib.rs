@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadline;
 pub mod doctor;
 pub mod engine;
+pub mod etcd;
 pub mod gc;
 pub mod hook;
 pub mod identity;

@@ -1,0 +1,232 @@
+//! A real etcd (Debian's `etcd-server`, 3.4) for tests: one member on
+//! 127.0.0.1 with free ports and its data in a temporary folder, killed and
+//! removed on drop, also when the test panics (and killed by the kernel if
+//! the test process dies: `PR_SET_PDEATHSIG`).
+//!
+//! ```ignore
+//! mod etcd_harness;
+//! let Some(etcd) = etcd_harness::Etcd::start_or_skip() else { return };
+//! let client = netattach::etcd::Client::new(&[etcd.url()], Default::default()).unwrap();
+//! ```
+//!
+//! Without the `etcd` binary a test prints `SKIP: ...` and passes, unless
+//! `NETATTACH_TESTS_STRICT=1` (scripts/test.sh, CI), where it fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a starting etcd may take to answer `/health`.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
+/// The etcd binary: `$NETATTACH_ETCD`, else `etcd` on PATH.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NETATTACH_ETCD") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// Like `common::skip_unless`: true (after `SKIP:`) when the test must
+/// return early; a panic instead under `NETATTACH_TESTS_STRICT=1`.
+pub fn skip_unless(ok: bool, reason: &str) -> bool {
+    if ok {
+        return false;
+    }
+    if std::env::var("NETATTACH_TESTS_STRICT").is_ok_and(|v| v == "1") {
+        panic!("prerequisite missing (NETATTACH_TESTS_STRICT=1): {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+    true
+}
+
+/// A port nobody listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// One etcd member for one test.
+pub struct Etcd {
+    binary: PathBuf,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd, or returns `None` after `SKIP:` when it is not installed.
+    pub fn start_or_skip() -> Option<Etcd> {
+        let binary = etcd_binary();
+        if skip_unless(
+            binary.is_some(),
+            "needs etcd 3.4 (apt-get install etcd-server)",
+        ) {
+            return None;
+        }
+        Some(Etcd::start(binary.unwrap()))
+    }
+
+    /// Starts etcd from `binary` and waits until it answers `/health`.
+    pub fn start(binary: PathBuf) -> Etcd {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "netattach-etcd-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create etcd test dir");
+        let mut etcd = Etcd {
+            binary,
+            dir,
+            client_port: 0,
+            peer_port: 0,
+            child: None,
+        };
+        // Ports are picked free and then handed to etcd: another process may
+        // take one in between, so a failed start is retried on new ports.
+        for attempt in 0..3 {
+            etcd.client_port = free_port();
+            etcd.peer_port = free_port();
+            match etcd.launch() {
+                Ok(()) => return etcd,
+                Err(e) if attempt < 2 => eprintln!("etcd start failed, retrying: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Kills etcd (SIGKILL, like a crash); its data stays for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Whether `/health` answers `"health":"true"`.
+    pub fn healthy(&self) -> bool {
+        health(self.client_port)
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let log_path = self.dir.join("etcd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer}"))
+            .env_remove("ETCD_UNSUPPORTED_ARCH")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
+        let start = Instant::now();
+        while start.elapsed() < READY_WAIT {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "etcd exited ({status}) before answering; its log:\n{}",
+                    tail(&log_path)
+                ));
+            }
+            if health(self.client_port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!(
+            "etcd not healthy after {READY_WAIT:?}; its log:\n{}",
+            tail(&log_path)
+        ))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// One `GET /health` with std only (the harness must not depend on the
+/// client under test).
+fn health(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains("\"health\":\"true\"")
+}
