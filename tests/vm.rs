@@ -828,24 +828,11 @@ fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Res
     }
 }
 
-const CHECK_SUITES: &[Suite] = &[
-    Suite {
-        name: "in_vm",
-        args: &["--ignored"],
-        prefix: "",
-    },
-    Suite {
-        name: "attach_macvlan",
-        args: &[],
-        prefix: "",
-    },
-];
-
 fn check_plan() -> Vec<(&'static Suite, Vec<String>)> {
     let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
     vec![
-        (&CHECK_SUITES[0], names(&["a", "b", "c"])),
-        (&CHECK_SUITES[1], names(&["d"])),
+        (&SUITES[0], names(&["a", "b", "c"])),
+        (&SUITES[1], names(&["d"])),
     ]
 }
 
