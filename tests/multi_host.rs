@@ -703,3 +703,54 @@ fn a_shared_network_attaches_on_another_host_with_its_own_parent() {
     assert!(e.contains("-o parent=INTERFACE is required"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
+
+#[test]
+fn etcd_killed_while_attaches_run() {
+    let Some((lan, mut etcd)) = setup(&["lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "mid",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let h0 = &lan.hosts[0];
+    let first = h0.attach("mid").expect("attach with etcd up");
+    // 24 attaches, 16 at once; etcd dies once 4 of them hold an address.
+    let (results, killed_after) = std::thread::scope(|s| {
+        let batch = s.spawn(|| h0.attach_many("mid", 24));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h0.leased("mid").len() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        etcd.kill();
+        let killed_after = h0.leased("mid").len();
+        (batch.join().unwrap(), killed_after)
+    });
+    let (ok, failed) = split(results);
+    assert_eq!(ok.len() + failed.len(), 24);
+    // What was claimed when etcd died is used up: at least the first block.
+    assert!(ok.len() + 1 >= 8, "only {} attached", ok.len());
+    assert!(ok.len() + 1 >= killed_after);
+    // Every failure came once the host's blocks were full, in one line.
+    assert!(
+        !failed.is_empty(),
+        "24 fitted in blocks claimed before the kill"
+    );
+    for e in &failed {
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.contains("network mid"), "{e}");
+        assert!(e.contains("etcd"), "{e}");
+        if e.contains("needs a new block") {
+            assert!(e.contains("this host has 0 of"), "{e}");
+        }
+    }
+    etcd.restart();
+    let again = h0.attach("mid").expect("a claim once etcd is back");
+    let mut live = ok;
+    live.push(first);
+    live.push(again);
+    assert_leases_in_own_blocks(&lan, &etcd, "mid", h0);
+    assert_distinct(&live);
+    lan.assert_unique_on_wire(&live);
+}
