@@ -262,15 +262,18 @@ pub fn claim_block(
     for r in ranges {
         candidates.extend(blocks_of(r, block_prefix_of(shared, r)?));
     }
-    let client = client_until(&shared.etcd, until)
-        .map_err(|e| IpamError::Shared(format!("network {name}: {e}")))?;
+    // A client per call, each bounded by what is left of `until`: the
+    // whole claim ends by then, however many calls it makes.
+    let client = || client_until(&shared.etcd, until);
+    client().map_err(|e| IpamError::Shared(format!("network {name}: {e}")))?;
     let host_key = key(name, &format!("hosts/{}", st.host));
     let claimed = json!({"host": st.host, "epoch": st.epoch, "mode": "private"}).to_string();
     for _ in 0..CLAIM_TRIES {
-        let taken: HashSet<Vec<u8>> = match client.get_prefix(&key(name, "blocks/")) {
-            Ok(r) => r.kvs.into_iter().map(|kv| kv.key).collect(),
-            Err(e) => return Err(unreachable(store, name, ranges, &e)),
-        };
+        let taken: HashSet<Vec<u8>> =
+            match client().and_then(|c| c.get_prefix(&key(name, "blocks/"))) {
+                Ok(r) => r.kvs.into_iter().map(|kv| kv.key).collect(),
+                Err(e) => return Err(unreachable(store, name, ranges, &e)),
+            };
         let free: Vec<IpNet> = candidates
             .iter()
             .copied()
@@ -285,14 +288,16 @@ pub fn claim_block(
         // A random one: hosts claiming at once rarely pick the same block.
         let block = free[random_below(free.len())];
         let bkey = block_key(name, block);
-        let answer = client.txn(
-            &[
-                Compare::created_at(host_key.clone(), st.epoch),
-                Compare::absent(bkey.clone()),
-            ],
-            &[Op::put(bkey.clone(), claimed.clone())],
-            &[Op::get(host_key.clone())],
-        );
+        let answer = client().and_then(|c| {
+            c.txn(
+                &[
+                    Compare::created_at(host_key.clone(), st.epoch),
+                    Compare::absent(bkey.clone()),
+                ],
+                &[Op::put(bkey.clone(), claimed.clone())],
+                &[Op::get(host_key.clone())],
+            )
+        });
         match answer {
             Ok(r) if r.succeeded => return record(store, &st, block, r.revision),
             Ok(r) => {
@@ -305,7 +310,7 @@ pub fn claim_block(
             Err(e) if e.not_applied() => return Err(unreachable(store, name, ranges, &e)),
             Err(e) => {
                 // The answer was lost: the block is ours only if etcd says so.
-                match client.get(&bkey) {
+                match client().and_then(|c| c.get(&bkey)) {
                     Ok(Some(kv)) => {
                         let v = json_of(&kv);
                         if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
@@ -376,15 +381,21 @@ pub fn heartbeat(store: &SqliteStore, net: &Network, until: Deadline) -> Result<
     let shared = shared_of(net)?;
     let st = member(store, name)?;
     let fail = |e: etcd::Error| IpamError::Shared(format!("network {name}: heartbeat: {e}"));
-    let client = client_until(&shared.etcd, until).map_err(fail)?;
+    // A client per call, each bounded by what is left of `until`.
+    let client = || client_until(&shared.etcd, until).map_err(fail);
     let t0 = boottime_ns();
-    let lease = match client.lease_keepalive(st.lease).map_err(fail)? {
+    let lease = match client()?.lease_keepalive(st.lease).map_err(fail)? {
         Some(_) => st.lease,
-        None => client.lease_grant(alive_ttl(shared.hold)).map_err(fail)?.0,
+        None => {
+            client()?
+                .lease_grant(alive_ttl(shared.hold))
+                .map_err(fail)?
+                .0
+        }
     };
     let host_key = key(name, &format!("hosts/{}", st.host));
     let alive_key = key(name, &format!("alive/{}", st.host));
-    let r = client
+    let r = client()?
         .txn(
             &[Compare::created_at(host_key.clone(), st.epoch)],
             &[
@@ -503,14 +514,15 @@ pub fn join(store: &SqliteStore, net: &Network, host: &str, until: Deadline) -> 
             );
         }
     }
-    let client = client_until(&shared.etcd, until)?;
+    // A client per call, each bounded by what is left of `until`.
+    let client = || client_until(&shared.etcd, until);
     let t0 = boottime_ns();
-    let (lease, _) = client.lease_grant(alive_ttl(shared.hold))?;
+    let (lease, _) = client()?.lease_grant(alive_ttl(shared.hold))?;
     let host_key = key(name, &format!("hosts/{host}"));
     let alive_key = key(name, &format!("alive/{host}"));
     let value = json!({"heartbeat": unix_now(), "version": env!("CARGO_PKG_VERSION"), "fill": {}})
         .to_string();
-    let answer = client.txn(
+    let answer = client()?.txn(
         &[Compare::absent(host_key.clone())],
         &[
             Op::put(host_key.clone(), value),
@@ -521,7 +533,7 @@ pub fn join(store: &SqliteStore, net: &Network, host: &str, until: Deadline) -> 
     let epoch = match answer {
         Ok(r) if r.succeeded => r.revision,
         Ok(_) => {
-            let _ = client.lease_revoke(lease);
+            let _ = client().map(|c| c.lease_revoke(lease));
             bail!(
                 "host {host} is already a member of network {name} in etcd, and its blocks may hold \
                  live addresses; if nothing of that host runs any more: netattach host forget {host}"
@@ -530,10 +542,10 @@ pub fn join(store: &SqliteStore, net: &Network, host: &str, until: Deadline) -> 
         Err(e) if e.not_applied() => return Err(e.into()),
         Err(e) => {
             // The answer was lost: it was ours if the alive key is on our lease.
-            let alive = client
+            let alive = client()?
                 .get(&alive_key)
                 .with_context(|| format!("after {e}"))?;
-            let hosts = client
+            let hosts = client()?
                 .get(&host_key)
                 .with_context(|| format!("after {e}"))?;
             match (alive, hosts) {
