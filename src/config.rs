@@ -255,7 +255,34 @@ pub struct Network {
     /// What requests may ask for (addresses, MAC, how many).
     #[serde(default, skip_serializing_if = "RequestPolicy::is_default")]
     pub requests: RequestPolicy,
+    /// Set when the network is shared by several hosts through etcd
+    /// (docs/multi-host.md); absent for a network of this host alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Shared>,
 }
+
+/// How a shared network reaches etcd, and how it is cut into blocks. The
+/// endpoints are this host's; `hold` and `block_prefix` come from the
+/// network's definition in etcd, the same on every host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shared {
+    /// etcd endpoints, `http://HOST:PORT`, tried in order.
+    pub etcd: Vec<String>,
+    /// Seconds a host keeps allocating in its blocks without a heartbeat
+    /// accepted by etcd.
+    pub hold: u64,
+    /// Per pool range (as written: the ip_range, else the subnet), the
+    /// prefix length of its blocks.
+    pub block_prefix: BTreeMap<String, u8>,
+}
+
+/// Default `hold` of a shared network, in seconds.
+pub const DEFAULT_HOLD_S: u64 = 3600;
+
+/// The most blocks one range may be cut into (a host looks at all of them
+/// to find a free one).
+pub const MAX_BLOCKS_PER_RANGE: u32 = 4096;
 
 /// A definition that cannot be used, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -421,6 +448,9 @@ impl Network {
             ));
         }
         self.validate_request_policy()?;
+        if let Some(shared) = &self.shared {
+            self.validate_shared(shared)?;
+        }
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate(&format!("subnets[{i}]"))?;
             for (j, other) in self.subnets.iter().enumerate().skip(i + 1) {
@@ -432,6 +462,50 @@ impl Network {
                         format!("{} overlaps {}", other.subnet, s.subnet),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A shared network hands out pooled addresses block by block: every
+    /// pool range needs a block size that cuts it into a bounded number of
+    /// blocks, and there must be an endpoint to reach etcd.
+    fn validate_shared(&self, shared: &Shared) -> Result<(), InvalidNetwork> {
+        if shared.etcd.is_empty() {
+            return Err(invalid("shared.etcd", "needs at least one endpoint"));
+        }
+        if shared.hold == 0 {
+            return Err(invalid("shared.hold", "must be at least 1 s"));
+        }
+        if self.ipam != IpamMode::Pool {
+            return Err(invalid(
+                "shared",
+                "a shared network hands out pooled addresses: ipam must be pool",
+            ));
+        }
+        for s in &self.subnets {
+            let range = s.ip_range.unwrap_or(s.subnet);
+            let Some(&b) = shared.block_prefix.get(&range.to_string()) else {
+                return Err(invalid(
+                    "shared.block_prefix",
+                    format!("no block size for range {range}"),
+                ));
+            };
+            if b < range.prefix_len() || b > range.max_prefix_len() {
+                return Err(invalid(
+                    "shared.block_prefix",
+                    format!(
+                        "/{b} does not cut range {range} (needs /{} to /{})",
+                        range.prefix_len(),
+                        range.max_prefix_len()
+                    ),
+                ));
+            }
+            if (b - range.prefix_len()) as u32 > MAX_BLOCKS_PER_RANGE.ilog2() {
+                return Err(invalid(
+                    "shared.block_prefix",
+                    format!("/{b} cuts range {range} into more than {MAX_BLOCKS_PER_RANGE} blocks"),
+                ));
             }
         }
         Ok(())
@@ -923,6 +997,7 @@ mod tests {
         v4.aux_addresses
             .insert("my-router".into(), "192.168.32.129".parse().unwrap());
         Network {
+            shared: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -938,6 +1013,7 @@ mod tests {
 
     fn ipvlan() -> Network {
         Network {
+            shared: None,
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),

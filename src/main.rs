@@ -33,6 +33,9 @@ enum Command {
     Attach(cli::attach::AttachArgs),
     /// Release what `attach` did.
     Detach(cli::attach::DetachArgs),
+    /// The hosts of shared networks: list them, forget one that is gone.
+    #[command(subcommand)]
+    Host(cli::host::HostCommand),
     /// List and release leases.
     #[command(subcommand)]
     Lease(cli::lease::LeaseCommand),
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Hook(args) => cli::hook::run(&ctx, args),
         Command::Attach(args) => cli::attach::run_attach(&ctx, args),
         Command::Detach(args) => cli::attach::run_detach(&ctx, args),
+        Command::Host(cmd) => cli::host::run(&ctx, cmd),
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
         Command::Gc(args) => cli::gc::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),

@@ -35,6 +35,7 @@ impl LinkPlan {
             link: Some(LinkSpec::of(&self.network)),
             mac: self.mac,
             wants: self.wants.clone(),
+            shared: self.network.shared.is_some(),
         }
     }
 }

@@ -6,6 +6,9 @@ use clap::Args;
 use super::Context;
 use crate::netlink::Netlink;
 
+/// The longest gc waits for etcd to accept a due heartbeat.
+const HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Args)]
 pub struct GcArgs {
     /// Print what was freed as JSON.
@@ -17,6 +20,18 @@ pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
     let store = ctx.store()?;
     let freed = crate::gc::collect(&store)?;
     let vlans = crate::vlan::prune(&mut Netlink::open()?, &store, &ctx.networks())?;
+    // Shared networks: gc is one of the moments a due heartbeat is sent.
+    let shared: Vec<String> = ctx
+        .networks()
+        .list()?
+        .networks
+        .into_iter()
+        .filter(|n| n.shared.is_some())
+        .map(|n| n.name)
+        .collect();
+    for problem in store.heartbeats_due(&shared, HEARTBEAT_WAIT) {
+        eprintln!("netattach: {problem}");
+    }
     if args.json {
         let report = serde_json::json!({ "freed": freed, "removed_vlans": vlans });
         println!("{}", serde_json::to_string_pretty(&report)?);

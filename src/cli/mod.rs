@@ -5,6 +5,7 @@ pub mod attach;
 pub mod doctor;
 pub mod gc;
 pub mod hook;
+pub mod host;
 pub mod lease;
 pub mod network;
 pub mod nri;
@@ -12,7 +13,7 @@ pub mod nri;
 use std::path::PathBuf;
 
 use crate::config::NetworkDir;
-use crate::ipam::sqlite::SqliteStore;
+use crate::ipam::store::Store;
 
 /// Default directory of leases and other state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netattach";
@@ -30,8 +31,9 @@ impl Context {
         NetworkDir::new(&self.config_dir)
     }
 
-    pub fn store(&self) -> anyhow::Result<SqliteStore> {
-        Ok(SqliteStore::open_for(&self.state_dir, &self.networks())?)
+    /// The lease store (see [`Store`]): the one place faces get it from.
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.state_dir, &self.networks())?)
     }
 }
 

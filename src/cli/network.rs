@@ -10,15 +10,19 @@ use ipnet::IpNet;
 use super::{print_table, Context};
 use crate::config::{
     first_usable, ConfigError, Driver, Gateway, IpamMode, IpvlanFlag, Mode, Network, RequestPolicy,
-    Subnet,
+    Shared, Subnet,
 };
-use crate::ipam::LeaseStore;
+use crate::deadline::Deadline;
+use crate::ipam::{shared, LeaseStore};
 use crate::netlink::Netlink;
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
-    /// Define a network (docker network create flags).
+    /// Define a network (docker network create flags); with --etcd, a
+    /// network shared by several hosts, which this host then joins.
     Create(CreateArgs),
+    /// Add this host to a shared network defined in etcd.
+    Join(JoinArgs),
     /// List networks.
     #[command(alias = "list")]
     Ls {
@@ -71,6 +75,43 @@ pub struct CreateArgs {
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
     opt: Vec<String>,
+    #[command(flatten)]
+    shared: SharedArgs,
+    /// Share the network through etcd (`http://HOST:PORT`; repeatable): the
+    /// definition (without the parent) goes to etcd, once.
+    #[arg(long = "etcd")]
+    etcd: Vec<String>,
+    /// Shared networks: prefix length of the blocks hosts claim (default:
+    /// each range's prefix + 4, i.e. 16 blocks).
+    #[arg(long, requires = "etcd")]
+    block_prefix: Option<u8>,
+    /// Shared networks: seconds a host keeps allocating in its blocks with
+    /// no heartbeat reaching etcd.
+    #[arg(long, requires = "etcd")]
+    hold: Option<u64>,
+    /// Network name.
+    name: String,
+}
+
+/// How this host is named among the hosts of a shared network.
+#[derive(Args)]
+pub struct SharedArgs {
+    /// This host's id (default: $NETATTACH_HOST_ID, else /etc/machine-id).
+    #[arg(long, requires = "etcd")]
+    host_id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    /// etcd endpoint (`http://HOST:PORT`); repeatable.
+    #[arg(long = "etcd", required = true)]
+    etcd: Vec<String>,
+    /// parent=INTERFACE: this host's link to the network's LAN (required:
+    /// the definition in etcd has no parent, each host has its own).
+    #[arg(short = 'o', long = "opt")]
+    opt: Vec<String>,
+    #[command(flatten)]
+    shared: SharedArgs,
     /// Network name.
     name: String,
 }
@@ -78,8 +119,43 @@ pub struct CreateArgs {
 pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
     let dir = ctx.networks();
     match cmd {
+        NetworkCommand::Create(args) if !args.etcd.is_empty() => {
+            let host = shared::host_id(args.shared.host_id.as_deref())?;
+            let net = shared_definition_from(args)?;
+            refuse_existing(&dir, &net.name)?;
+            let store = ctx.store()?;
+            let client = shared::client_until(&net_endpoints(&net), Deadline::after(ETCD_WAIT))?;
+            shared::publish_config(&client, &net)?;
+            shared::join(store.local(), &net, &host, Deadline::after(ETCD_WAIT))?;
+            dir.create(&net)?;
+            println!("{}", net.name);
+        }
         NetworkCommand::Create(args) => {
             let net = definition_from(args)?;
+            dir.create(&net)?;
+            println!("{}", net.name);
+        }
+        NetworkCommand::Join(args) => {
+            let host = shared::host_id(args.shared.host_id.as_deref())?;
+            let mut parent = None;
+            for opt in &args.opt {
+                match opt.split_once('=') {
+                    Some(("parent", p)) => parent = Some(p.to_string()),
+                    _ => bail!("option {opt:?}: join takes only -o parent=INTERFACE (the rest of the definition comes from etcd)"),
+                }
+            }
+            let parent = parent.ok_or_else(|| {
+                anyhow!("-o parent=INTERFACE is required: the definition in etcd has no parent, each host has its own")
+            })?;
+            let store = ctx.store()?;
+            if already_joined(&dir, &store, &args.name, &host)? {
+                println!("{}", args.name);
+                return Ok(());
+            }
+            refuse_existing(&dir, &args.name)?;
+            let client = shared::client_until(&args.etcd, Deadline::after(ETCD_WAIT))?;
+            let net = shared::fetch_config(&client, &args.name, &parent, &args.etcd)?;
+            shared::join(store.local(), &net, &host, Deadline::after(ETCD_WAIT))?;
             dir.create(&net)?;
             println!("{}", net.name);
         }
@@ -126,6 +202,58 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long the etcd steps of `create` and `join` may take in all.
+const ETCD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn net_endpoints(net: &Network) -> Vec<String> {
+    net.shared
+        .as_ref()
+        .map(|s| s.etcd.clone())
+        .unwrap_or_default()
+}
+
+/// A shared network's definition must not clash with a local one: checked
+/// before anything is written to etcd.
+fn refuse_existing(dir: &crate::config::NetworkDir, name: &str) -> Result<()> {
+    match dir.load(name) {
+        Err(ConfigError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => Err(ConfigError::Exists(name.to_string()).into()),
+    }
+}
+
+/// Whether this host already joined the network as `host`, with its
+/// definition in place: joining again is then a no-op.
+fn already_joined(
+    dir: &crate::config::NetworkDir,
+    store: &crate::ipam::store::Store,
+    name: &str,
+    host: &str,
+) -> Result<bool> {
+    let defined = dir.load(name).is_ok_and(|n| n.shared.is_some());
+    let member = store
+        .local()
+        .shared_state(name)?
+        .is_some_and(|st| !st.forgotten && st.host == host);
+    Ok(defined && member)
+}
+
+/// The definition of a new shared network: the local flags' definition,
+/// plus how it is shared (endpoints, hold, block sizes).
+fn shared_definition_from(mut args: CreateArgs) -> Result<Network> {
+    let etcd = std::mem::take(&mut args.etcd);
+    let hold = args.hold.unwrap_or(crate::config::DEFAULT_HOLD_S);
+    let block_prefix = args.block_prefix;
+    let mut net = definition_from(args)?;
+    net.shared = Some(Shared {
+        etcd,
+        hold,
+        block_prefix: shared::block_prefixes(&net, block_prefix),
+    });
+    net.validate()?;
+    Ok(net)
 }
 
 fn summary_row(n: &Network) -> Vec<String> {
@@ -241,6 +369,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         }
     }
     let net = Network {
+        shared: None,
         name: args.name,
         driver,
         parent,

@@ -3,7 +3,9 @@
 //! distributed one (etcd) are interchangeable for every caller.
 
 pub mod pool;
+pub mod shared;
 pub mod sqlite;
+pub mod store;
 
 use std::net::IpAddr;
 
@@ -96,6 +98,9 @@ pub struct Claim {
     pub link: Option<LinkSpec>,
     pub mac: MacWant,
     pub wants: Vec<Want>,
+    /// The network is shared through etcd: pooled addresses come only from
+    /// this host's private blocks (docs/multi-host.md).
+    pub shared: bool,
 }
 
 /// What `reserve` handed out.
@@ -155,6 +160,21 @@ pub enum IpamError {
     },
     #[error("no free address in {range} of {network}")]
     Exhausted { network: String, range: String },
+    /// A shared network's private blocks on this host have no free address
+    /// for these ranges: the caller claims a block through etcd and retries
+    /// (outside the store's transaction). Never shown to a user.
+    #[error("network {network}: this host's blocks in {} are full", pool::ranges_label(.ranges))]
+    NeedsBlock {
+        network: String,
+        ranges: Vec<PoolRange>,
+    },
+    /// A shared network's fence has ended: no local allocation until a
+    /// heartbeat reaches etcd.
+    #[error("network {network}: {why}; allocation is paused so that no other host can be given this host's blocks")]
+    Fenced { network: String, why: String },
+    /// A shared network's etcd side failed; the message is the whole line.
+    #[error("{0}")]
+    Shared(String),
     #[error("lease store: {0}")]
     Store(String),
     /// A wait reached its deadline: what was waited for, and who holds it.

@@ -127,6 +127,7 @@ mod tests {
 
     fn net(subnets: Vec<Subnet>, ipam: IpamMode) -> Network {
         Network {
+            shared: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

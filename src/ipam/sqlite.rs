@@ -21,7 +21,8 @@
 //! faster for a lone process, but 16 concurrent writers then waited up to 4 s
 //! for the lock.
 //!
-//! Schema (version 3, in `PRAGMA user_version`):
+//! Schema (version 4, in `PRAGMA user_version`; the `shared` tables are those
+//! of docs/multi-host.md, see `blocks.rs`):
 //!
 //! ```sql
 //! leases(segment TEXT, key BLOB, network TEXT, address TEXT, prefix_len INTEGER,
@@ -37,6 +38,11 @@
 //! UNIQUE INDEX attachments_mac ON attachments(segment, mac) WHERE mac IS NOT NULL
 //! cursors(network TEXT, range TEXT, last BLOB, PRIMARY KEY(network, range)) WITHOUT ROWID
 //! vlans(name TEXT PRIMARY KEY, created INTEGER) WITHOUT ROWID
+//! shared(network TEXT PRIMARY KEY, endpoints TEXT, host TEXT, epoch INTEGER,
+//!        lease INTEGER, hold_s INTEGER, fence_until INTEGER, boot_id TEXT,
+//!        heartbeat INTEGER, state TEXT) WITHOUT ROWID
+//! shared_blocks(network TEXT, block TEXT, lo BLOB, hi BLOB, state TEXT,
+//!        revision INTEGER, PRIMARY KEY (network, block)) WITHOUT ROWID
 //! ```
 //!
 //! The wire knows a layer-2 segment and an address, not a network: so leases
@@ -79,6 +85,9 @@ use crate::locks;
 use crate::request::MacAddr;
 use crate::sharing::LinkSpec;
 
+mod blocks;
+pub use blocks::{forgotten_error, BlockFill, SharedState};
+
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "leases.db";
 
@@ -95,7 +104,7 @@ const WAL_FOLD_BYTES: u64 = 16 * 4120;
 const START_PATH_FOLD_BYTES: u64 = 4 * WAL_FOLD_BYTES;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The longest a closing store waits to fold the WAL back.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
@@ -145,7 +154,28 @@ CREATE TABLE IF NOT EXISTS vlans (
     name    TEXT    NOT NULL PRIMARY KEY,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
-PRAGMA user_version = 3;
+CREATE TABLE IF NOT EXISTS shared (
+    network     TEXT    NOT NULL PRIMARY KEY,
+    endpoints   TEXT    NOT NULL,
+    host        TEXT    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    lease       INTEGER NOT NULL,
+    hold_s      INTEGER NOT NULL,
+    fence_until INTEGER NOT NULL,
+    boot_id     TEXT    NOT NULL,
+    heartbeat   INTEGER NOT NULL,
+    state       TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shared_blocks (
+    network  TEXT    NOT NULL,
+    block    TEXT    NOT NULL,
+    lo       BLOB    NOT NULL,
+    hi       BLOB    NOT NULL,
+    state    TEXT    NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (network, block)
+) WITHOUT ROWID;
+PRAGMA user_version = 4;
 ";
 
 /// From version 2, whose leases were keyed by (network, address) and whose
@@ -1013,6 +1043,9 @@ impl LeaseStore for SqliteStore {
         // addresses first, so that a pooled pick in this same reservation
         // cannot take an address one of its claims asks for.
         for (ci, claim) in claims.iter().enumerate() {
+            if claim.shared {
+                blocks::check_fence(&tx, &claim.network)?;
+            }
             if let Some(link) = claim.link {
                 r.check_sharing(claim, link)?;
             }
@@ -1049,6 +1082,9 @@ impl LeaseStore for SqliteStore {
                 let Want::Address { address, subnet } = want else {
                     continue;
                 };
+                if claim.shared {
+                    blocks::check_own_block(&tx, &claim.network, *address)?;
+                }
                 r.check_address_free(&claim.segment, *address)?;
                 let l = lease(claim, mac, *address, subnet.prefix_len());
                 insert_lease(&tx, &l)?;
@@ -1060,8 +1096,13 @@ impl LeaseStore for SqliteStore {
                 let Want::Pool { ranges } = want else {
                     continue;
                 };
-                let (address, range) = allocate(&tx, &claim.segment, &claim.network, ranges)?;
-                let l = lease(claim, macs[ci], address, range.subnet.prefix_len());
+                let (address, prefix_len) = if claim.shared {
+                    blocks::allocate(&tx, &claim.segment, &claim.network, ranges)?
+                } else {
+                    let (address, range) = allocate(&tx, &claim.segment, &claim.network, ranges)?;
+                    (address, range.subnet.prefix_len())
+                };
+                let l = lease(claim, macs[ci], address, prefix_len);
                 insert_lease(&tx, &l)?;
                 out[ci][wi] = Some(l);
             }
@@ -1281,6 +1322,7 @@ mod tests {
 
     fn network(name: &str, subnets: Vec<Subnet>, ipam: IpamMode) -> Network {
         Network {
+            shared: None,
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),
@@ -1318,6 +1360,7 @@ mod tests {
     /// The claim an attach of `n` makes: one pooled address per family.
     fn pool_claim(n: &Network) -> Claim {
         Claim {
+            shared: false,
             network: n.name.clone(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -1456,6 +1499,7 @@ mod tests {
         let dir = TempDir::new("static");
         let s = SqliteStore::open(&dir.0).unwrap();
         let claim = |ifname: &str| Claim {
+            shared: false,
             network: "lan".into(),
             ifname: ifname.into(),
             segment: String::new(),
@@ -1523,6 +1567,7 @@ mod tests {
             IpamMode::Pool,
         );
         let claim = Claim {
+            shared: false,
             network: "n".into(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -1802,6 +1847,7 @@ mod tests {
             "holder",
             "ns",
             &[Claim {
+                shared: false,
                 network: "m".into(),
                 ifname: "eth0".into(),
                 segment: String::new(),
@@ -1817,6 +1863,7 @@ mod tests {
         let claims = [
             pool_claim(&n),
             Claim {
+                shared: false,
                 network: "m".into(),
                 ifname: "eth1".into(),
                 segment: String::new(),
@@ -2011,6 +2058,7 @@ mod tests {
         );
         let ranges = pools_of(&n).remove(0);
         let bulk = Claim {
+            shared: false,
             network: "big".into(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -2065,6 +2113,7 @@ mod tests {
         wants: Vec<Want>,
     ) -> Claim {
         Claim {
+            shared: false,
             network: network.into(),
             segment: segment.into(),
             ifname: "eth0".into(),

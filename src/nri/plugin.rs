@@ -37,7 +37,7 @@ use super::ttrpc::{code, RpcError};
 use super::turns::{Turn, Turns};
 use crate::config::NetworkDir;
 use crate::deadline::Deadline;
-use crate::ipam::sqlite::SqliteStore;
+use crate::ipam::store::Store;
 use crate::ipam::LeaseStore;
 use crate::{engine, nri_log, request};
 
@@ -65,11 +65,14 @@ const DEFERRED_RELEASE_WAIT: Duration = Duration::from_secs(60);
 /// (this only bounds memory: a late attach comes within one request budget).
 const REMEMBERED_REMOVALS: usize = 4096;
 
+/// The open lease store, and the (state, config) dirs it was opened for.
+type OpenStore = ((PathBuf, PathBuf), Arc<Store>);
+
 /// What outlives a connection: paths, the open lease store, and the turns
 /// that keep engine operations (attach, release, re-check) one at a time.
 pub struct Plugin {
     paths: Mutex<Paths>,
-    store: Mutex<Option<(PathBuf, Arc<SqliteStore>)>>,
+    store: Mutex<Option<OpenStore>>,
     engine: Turns,
 }
 
@@ -103,20 +106,20 @@ impl Plugin {
         lock(&self.paths).clone()
     }
 
-    /// The lease store of the current state dir, opened once.
-    fn store(&self) -> anyhow::Result<Arc<SqliteStore>> {
-        let state_dir = self.paths().state_dir;
+    /// The lease store of the current state and config dirs, opened once.
+    fn store(&self) -> anyhow::Result<Arc<Store>> {
+        let paths = self.paths();
+        let dirs = (paths.state_dir, paths.config_dir);
         let mut slot = lock(&self.store);
-        if let Some((dir, store)) = &*slot {
-            if *dir == state_dir {
+        if let Some((opened_for, store)) = &*slot {
+            if *opened_for == dirs {
                 return Ok(store.clone());
             }
         }
-        crate::secure_fs::private_dir(&state_dir)
-            .with_context(|| format!("state directory {}", state_dir.display()))?;
-        let networks = NetworkDir::new(self.paths().config_dir);
-        let store = Arc::new(SqliteStore::open_for(&state_dir, &networks)?);
-        *slot = Some((state_dir, store.clone()));
+        crate::secure_fs::private_dir(&dirs.0)
+            .with_context(|| format!("state directory {}", dirs.0.display()))?;
+        let store = Arc::new(Store::open(&dirs.0, &NetworkDir::new(&dirs.1))?);
+        *slot = Some((dirs, store.clone()));
         Ok(store)
     }
 }

@@ -61,9 +61,31 @@ pub fn free_port() -> u16 {
 pub struct Etcd {
     binary: PathBuf,
     dir: PathBuf,
+    /// The address it listens on (127.0.0.1 unless started in a netns).
+    ip: String,
+    /// The named network namespace it runs in, if not the test's own.
+    netns: Option<String>,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+}
+
+/// Runs `f` on a thread inside the named network namespace
+/// (`/run/netns/NAME`): how the test itself reaches an etcd started there.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(Path::new("/run/netns").join(netns))
+                .unwrap_or_else(|e| panic!("open netns {netns}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an fd we own; it moves only this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {netns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 impl Etcd {
@@ -79,8 +101,25 @@ impl Etcd {
         Some(Etcd::start(binary.unwrap()))
     }
 
+    /// Like `start_or_skip`, but etcd runs in the named network namespace
+    /// and listens on `ip` there (one of that namespace's addresses).
+    pub fn start_in_netns_or_skip(netns: &str, ip: &str) -> Option<Etcd> {
+        let binary = etcd_binary();
+        if skip_unless(
+            binary.is_some(),
+            "needs etcd 3.4 (apt-get install etcd-server)",
+        ) {
+            return None;
+        }
+        Some(Etcd::start_at(binary.unwrap(), ip, Some(netns)))
+    }
+
     /// Starts etcd from `binary` and waits until it answers `/health`.
     pub fn start(binary: PathBuf) -> Etcd {
+        Etcd::start_at(binary, "127.0.0.1", None)
+    }
+
+    fn start_at(binary: PathBuf, ip: &str, netns: Option<&str>) -> Etcd {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "netattach-etcd-{}-{}",
@@ -92,6 +131,8 @@ impl Etcd {
         let mut etcd = Etcd {
             binary,
             dir,
+            ip: ip.to_string(),
+            netns: netns.map(str::to_string),
             client_port: 0,
             peer_port: 0,
             child: None,
@@ -110,9 +151,9 @@ impl Etcd {
         unreachable!()
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://IP:PORT` (IP is 127.0.0.1 unless started in a netns)
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.ip, self.client_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -135,7 +176,11 @@ impl Etcd {
 
     /// Whether `/health` answers `"health":"true"`.
     pub fn healthy(&self) -> bool {
-        health(self.client_port)
+        let (ip, port) = (self.ip.as_str(), self.client_port);
+        match &self.netns {
+            Some(ns) => in_netns(ns, || health(ip, port)),
+            None => health(ip, port),
+        }
     }
 
     fn launch(&mut self) -> Result<(), String> {
@@ -146,8 +191,17 @@ impl Etcd {
             .open(&log_path)
             .map_err(|e| format!("open {}: {e}", log_path.display()))?;
         let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(&self.binary);
+        let peer = format!("http://{}:{}", self.ip, self.peer_port);
+        let mut cmd = match &self.netns {
+            // `ip netns exec` enters the namespace and execs etcd: the
+            // child is etcd itself (killed by `kill`, and on our death).
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("--name")
             .arg("default")
             .arg("--data-dir")
@@ -184,7 +238,7 @@ impl Etcd {
                     tail(&log_path)
                 ));
             }
-            if health(self.client_port) {
+            if self.healthy() {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -214,14 +268,17 @@ fn tail(path: &Path) -> String {
 
 /// One `GET /health` with std only (the harness must not depend on the
 /// client under test).
-fn health(port: u16) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+fn health(ip: &str, port: u16) -> bool {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let addr = std::net::SocketAddr::from((ip, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")
         .is_err()
     {
         return false;

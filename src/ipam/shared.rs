@@ -1,0 +1,870 @@
+//! The etcd side of shared networks (docs/multi-host.md): the network's
+//! definition (`P/config`), joining, claiming blocks, heartbeats, and what
+//! `host ls` and `host forget` need.
+//!
+//! Only shared networks ever reach this module: a network of this host alone
+//! makes no etcd call and starts no thread. Every call here is blocking and
+//! bounded (`etcd::Timeouts`, within the caller's deadline). Every
+//! transaction of a host compares its epoch (`created(P/hosts/HOST)`), so a
+//! host that `host forget` removed can change nothing under its old epoch.
+//!
+//! Built: join, private blocks (claim; local allocation in `sqlite/blocks.rs`),
+//! heartbeat and fence, forget, listing. Not built yet: lending (shared
+//! blocks, address keys, borrowing, reclaim), returning empty blocks, and
+//! reconciling a claim whose answer was lost and could not be read back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use ipnet::IpNet;
+use serde_json::{json, Value};
+
+use super::pool::{ranges_label, usable_bounds};
+use super::sqlite::{SharedState, SqliteStore};
+use super::{IpamError, PoolRange};
+use crate::config::{Network, Shared};
+use crate::deadline::Deadline;
+use crate::etcd::{self, Client, Compare, KeyValue, Op, OpResult, Timeouts};
+
+/// A heartbeat is sent on an attach, `gc` or `host ls` only when the last
+/// accepted one is older than this: one round trip per 30 s at most.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// The longest a heartbeat on an attach's path may take; running out is
+/// not an error (the fence lasts `hold`, not 30 s).
+pub const HEARTBEAT_WAIT: Duration = Duration::from_millis(250);
+
+/// How long one connection attempt to an endpoint may take.
+const CONNECT_WAIT: Duration = Duration::from_millis(500);
+
+/// Free blocks tried before giving up on a claim (others may take each
+/// one between our read and our transaction).
+const CLAIM_TRIES: usize = 3;
+
+/// Operations per etcd transaction (etcd refuses more than 128).
+const TXN_CHUNK: usize = 50;
+
+/// Where a network's keys live: `/netattach/v1/networks/NAME/`.
+pub fn prefix(network: &str) -> String {
+    format!("/netattach/v1/networks/{network}/")
+}
+
+fn key(network: &str, rest: &str) -> Vec<u8> {
+    format!("{}{rest}", prefix(network)).into_bytes()
+}
+
+/// A block's name in etcd keys: its first address and prefix length joined
+/// by `-` (`192.168.32.16-28`), one path segment.
+pub fn block_name(block: IpNet) -> String {
+    format!("{}-{}", block.network(), block.prefix_len())
+}
+
+/// The block of a name written by [`block_name`].
+pub fn parse_block_name(name: &str) -> Option<IpNet> {
+    let (addr, len) = name.split_once('-')?;
+    format!("{addr}/{len}").parse().ok()
+}
+
+fn block_key(network: &str, block: IpNet) -> Vec<u8> {
+    key(network, &format!("blocks/{}", block_name(block)))
+}
+
+/// The default block size of a range: 16 blocks (fewer when the range is
+/// smaller than 16 addresses).
+pub fn default_block_prefix(range: IpNet) -> u8 {
+    (range.prefix_len() + 4).min(range.max_prefix_len())
+}
+
+/// The TTL of a host's alive key: `hold` plus a margin for clocks that run
+/// at slightly different rates (docs/multi-host.md, "Time").
+pub fn alive_ttl(hold: u64) -> i64 {
+    (hold + (hold / 10).max(60)) as i64
+}
+
+/// The nanoseconds of CLOCK_BOOTTIME: counts suspended time, and nobody can
+/// set it, so a fence measured with it cannot be stretched.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec.max(0) as u64) * 1_000_000_000 + ts.tv_nsec.max(0) as u64
+}
+
+/// This boot's id: a fence taken in another boot is no fence.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether `id` may name a host: `[A-Za-z0-9_.-]{1,64}`.
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// This host's id: the flag, else `NETATTACH_HOST_ID`, else /etc/machine-id.
+pub fn host_id(flag: Option<&str>) -> anyhow::Result<String> {
+    let id = match flag {
+        Some(f) => f.to_string(),
+        None => match std::env::var("NETATTACH_HOST_ID") {
+            Ok(v) if !v.is_empty() => v,
+            _ => std::fs::read_to_string("/etc/machine-id")
+                .map(|s| s.trim().to_string())
+                .context("no --host-id nor NETATTACH_HOST_ID, and /etc/machine-id")?,
+        },
+    };
+    if !valid_host_id(&id) {
+        bail!("host id {id:?} must match [A-Za-z0-9_.-]{{1,64}}");
+    }
+    Ok(id)
+}
+
+/// A client of `endpoints` whose calls end by `until` (each connection
+/// attempt within [`CONNECT_WAIT`]).
+pub fn client_until<S: AsRef<str>>(
+    endpoints: &[S],
+    until: Deadline,
+) -> Result<Client, etcd::Error> {
+    let total = until.remaining().max(Duration::from_millis(1));
+    Client::new(
+        endpoints,
+        Timeouts {
+            connect: CONNECT_WAIT.min(total),
+            total,
+        },
+    )
+}
+
+fn shared_of(net: &Network) -> Result<&Shared, IpamError> {
+    net.shared
+        .as_ref()
+        .ok_or_else(|| IpamError::Store(format!("network {} is not shared", net.name)))
+}
+
+/// This host's membership of the network, refusing a forgotten one.
+fn member(store: &SqliteStore, network: &str) -> Result<SharedState, IpamError> {
+    match store.shared_state(network)? {
+        None => Err(IpamError::Shared(format!(
+            "network {network} is shared but this host has not joined it (netattach network join)"
+        ))),
+        Some(st) if st.forgotten => Err(super::sqlite::forgotten_error(network, &st.host)),
+        Some(st) => Ok(st),
+    }
+}
+
+/// The blocks of one range at prefix `b` that hold at least one address
+/// that may be handed out.
+pub fn blocks_of(range: &PoolRange, b: u8) -> Vec<IpNet> {
+    let Ok(blocks) = range.range.subnets(b) else {
+        return Vec::new();
+    };
+    blocks.filter(|blk| usable_in(range, *blk) > 0).collect()
+}
+
+/// How many addresses of `block` (inside `range`) may be handed out.
+pub fn usable_in(range: &PoolRange, block: IpNet) -> u128 {
+    let Some((lo, hi)) = usable_bounds(range.subnet, block) else {
+        return 0;
+    };
+    let excluded = range
+        .excluded_u128()
+        .into_iter()
+        .filter(|e| (lo..=hi).contains(e))
+        .count() as u128;
+    (hi - lo).saturating_add(1).saturating_sub(excluded)
+}
+
+/// The block size of a range of a shared network.
+fn block_prefix_of(shared: &Shared, range: &PoolRange) -> Result<u8, IpamError> {
+    shared
+        .block_prefix
+        .get(&range.range.to_string())
+        .copied()
+        .ok_or_else(|| IpamError::Store(format!("no block size for range {}", range.range)))
+}
+
+/// How many of the addresses of this host's private blocks in `ranges` are
+/// free, of how many, in how many blocks (for messages).
+fn local_room(store: &SqliteStore, network: &str, ranges: &[PoolRange]) -> (u128, u128, usize) {
+    let Ok(fills) = store.block_fills(network) else {
+        return (0, 0, 0);
+    };
+    let (mut free, mut total, mut n) = (0u128, 0u128, 0usize);
+    for f in fills.iter().filter(|f| f.state == "private") {
+        if let Some(r) = ranges.iter().find(|r| r.range.contains(&f.block)) {
+            let usable = usable_in(r, f.block);
+            total = total.saturating_add(usable);
+            free = free.saturating_add(usable.saturating_sub(f.used as u128));
+            n += 1;
+        }
+    }
+    (free, total, n)
+}
+
+fn unreachable(
+    store: &SqliteStore,
+    network: &str,
+    ranges: &[PoolRange],
+    e: &etcd::Error,
+) -> IpamError {
+    let detail = match e {
+        etcd::Error::Unreachable { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    };
+    let (free, total, n) = local_room(store, network, ranges);
+    IpamError::Shared(format!(
+        "network {network} needs a new block but etcd is unreachable ({detail}); \
+         this host has {free} of {total} addresses free in its {n} blocks"
+    ))
+}
+
+/// Whether a `get P/hosts/HOST` result shows this host under `epoch`.
+fn epoch_holds(result: Option<&OpResult>, epoch: i64) -> bool {
+    match result {
+        Some(OpResult::Range(r)) => r.kvs.first().is_some_and(|kv| kv.create_revision == epoch),
+        // No answer about it: do not conclude the host was forgotten.
+        _ => true,
+    }
+}
+
+fn json_of(kv: &KeyValue) -> Value {
+    serde_json::from_slice(&kv.value).unwrap_or(Value::Null)
+}
+
+/// Claims one free block of `ranges` for this host (docs/multi-host.md,
+/// "claim a block"): one transaction that holds only if the block is still
+/// free and this host's epoch is current. The block is recorded locally only
+/// once etcd said it is this host's.
+pub fn claim_block(
+    store: &SqliteStore,
+    net: &Network,
+    ranges: &[PoolRange],
+    until: Deadline,
+) -> Result<(), IpamError> {
+    let name = &net.name;
+    let shared = shared_of(net)?;
+    let st = member(store, name)?;
+    let mut candidates = Vec::new();
+    for r in ranges {
+        candidates.extend(blocks_of(r, block_prefix_of(shared, r)?));
+    }
+    // A client per call, each bounded by what is left of `until`: the
+    // whole claim ends by then, however many calls it makes.
+    let client = || client_until(&shared.etcd, until);
+    client().map_err(|e| IpamError::Shared(format!("network {name}: {e}")))?;
+    let host_key = key(name, &format!("hosts/{}", st.host));
+    let claimed = json!({"host": st.host, "epoch": st.epoch, "mode": "private"}).to_string();
+    for _ in 0..CLAIM_TRIES {
+        let taken: HashSet<Vec<u8>> =
+            match client().and_then(|c| c.get_prefix(&key(name, "blocks/"))) {
+                Ok(r) => r.kvs.into_iter().map(|kv| kv.key).collect(),
+                Err(e) => return Err(unreachable(store, name, ranges, &e)),
+            };
+        let free: Vec<IpNet> = candidates
+            .iter()
+            .copied()
+            .filter(|b| !taken.contains(&block_key(name, *b)))
+            .collect();
+        if free.is_empty() {
+            return Err(IpamError::Exhausted {
+                network: name.clone(),
+                range: ranges_label(ranges),
+            });
+        }
+        // A random one: hosts claiming at once rarely pick the same block.
+        let block = free[random_below(free.len())];
+        let bkey = block_key(name, block);
+        let answer = client().and_then(|c| {
+            c.txn(
+                &[
+                    Compare::created_at(host_key.clone(), st.epoch),
+                    Compare::absent(bkey.clone()),
+                ],
+                &[Op::put(bkey.clone(), claimed.clone())],
+                &[Op::get(host_key.clone())],
+            )
+        });
+        match answer {
+            Ok(r) if r.succeeded => return record(store, &st, block, r.revision),
+            Ok(r) => {
+                if !epoch_holds(r.results.first(), st.epoch) {
+                    store.mark_forgotten(name, st.epoch)?;
+                    return Err(super::sqlite::forgotten_error(name, &st.host));
+                }
+                // Another host took it first: try another block.
+            }
+            Err(e) if e.not_applied() => return Err(unreachable(store, name, ranges, &e)),
+            Err(e) => {
+                // The answer was lost: the block is ours only if etcd says so.
+                match client().and_then(|c| c.get(&bkey)) {
+                    Ok(Some(kv)) => {
+                        let v = json_of(&kv);
+                        if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
+                            return record(store, &st, block, kv.mod_revision);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        return Err(IpamError::Shared(format!(
+                            "network {name}: the claim of block {block} got no answer ({e}) \
+                             and etcd could not be asked again; try again"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Err(IpamError::Shared(format!(
+        "network {name}: other hosts took each free block this host tried ({CLAIM_TRIES} tries); try again"
+    )))
+}
+
+fn record(
+    store: &SqliteStore,
+    st: &SharedState,
+    block: IpNet,
+    revision: i64,
+) -> Result<(), IpamError> {
+    if store.record_block(&st.network, st.epoch, block, revision)? {
+        Ok(())
+    } else {
+        Err(IpamError::Shared(format!(
+            "network {}: this host's membership changed while it claimed block {block}",
+            st.network
+        )))
+    }
+}
+
+/// A uniform index below `n` (n > 0) from getrandom; 0 if it fails.
+fn random_below(n: usize) -> usize {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if got != b.len() as isize {
+        return 0;
+    }
+    (u64::from_ne_bytes(b) % n as u64) as usize
+}
+
+/// The value of `P/hosts/HOST`: last heartbeat, version, and per block how
+/// many of its addresses this host has leased.
+fn host_value(store: &SqliteStore, network: &str) -> String {
+    let fill: BTreeMap<String, u64> = store
+        .block_fills(network)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| (block_name(f.block), f.used))
+        .collect();
+    json!({"heartbeat": unix_now(), "version": env!("CARGO_PKG_VERSION"), "fill": fill}).to_string()
+}
+
+/// One heartbeat (docs/multi-host.md, "heartbeat"): renews the alive key's
+/// lease (a new one if it expired) and rewrites the host key, under this
+/// host's epoch; accepted, it moves the fence to `hold` after the moment
+/// read *before* sending. Refused on the epoch, the host was forgotten.
+pub fn heartbeat(store: &SqliteStore, net: &Network, until: Deadline) -> Result<(), IpamError> {
+    let name = &net.name;
+    let shared = shared_of(net)?;
+    let st = member(store, name)?;
+    let fail = |e: etcd::Error| IpamError::Shared(format!("network {name}: heartbeat: {e}"));
+    // A client per call, each bounded by what is left of `until`.
+    let client = || client_until(&shared.etcd, until).map_err(fail);
+    let t0 = boottime_ns();
+    let lease = match client()?.lease_keepalive(st.lease).map_err(fail)? {
+        Some(_) => st.lease,
+        None => {
+            client()?
+                .lease_grant(alive_ttl(shared.hold))
+                .map_err(fail)?
+                .0
+        }
+    };
+    let host_key = key(name, &format!("hosts/{}", st.host));
+    let alive_key = key(name, &format!("alive/{}", st.host));
+    let r = client()?
+        .txn(
+            &[Compare::created_at(host_key.clone(), st.epoch)],
+            &[
+                Op::put(host_key.clone(), host_value(store, name)),
+                Op::put_leased(alive_key, Vec::new(), lease),
+            ],
+            &[Op::get(host_key)],
+        )
+        .map_err(fail)?;
+    if !r.succeeded {
+        store.mark_forgotten(name, st.epoch)?;
+        return Err(super::sqlite::forgotten_error(name, &st.host));
+    }
+    let fence = t0.saturating_add(shared.hold.saturating_mul(1_000_000_000));
+    store.record_heartbeat(name, st.epoch, lease, fence)
+}
+
+/// A heartbeat if the last accepted one is older than [`HEARTBEAT_EVERY`]
+/// (or the fence has ended), within `wait`; `Ok(false)` when none was due.
+pub fn heartbeat_if_due(
+    store: &SqliteStore,
+    net: &Network,
+    wait: Duration,
+) -> Result<bool, IpamError> {
+    let Some(st) = store.shared_state(&net.name)? else {
+        return Ok(false);
+    };
+    let fenced = st.boot_id != boot_id() || boottime_ns() >= st.fence_until;
+    if st.forgotten
+        || (!fenced && unix_now().saturating_sub(st.heartbeat) < HEARTBEAT_EVERY.as_secs())
+    {
+        return Ok(false);
+    }
+    heartbeat(store, net, Deadline::after(wait)).map(|()| true)
+}
+
+/// The definition as it is written to `P/config`: no parent (each host has
+/// its own) and no endpoints (each host reaches etcd its own way).
+fn config_value(net: &Network) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(net)?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("network is not an object"))?;
+    obj.remove("parent");
+    if let Some(shared) = obj.get_mut("shared").and_then(Value::as_object_mut) {
+        shared.remove("etcd");
+    }
+    Ok(v.to_string())
+}
+
+/// Writes the network's definition to `P/config`, once: a network of that
+/// name already in etcd is refused.
+pub fn publish_config(client: &Client, net: &Network) -> anyhow::Result<()> {
+    let k = key(&net.name, "config");
+    let r = client.txn(
+        &[Compare::absent(k.clone())],
+        &[Op::put(k.clone(), config_value(net)?)],
+        &[],
+    )?;
+    if !r.succeeded {
+        bail!(
+            "network {} is already defined in etcd; `netattach network join --etcd URL -o parent=IF {}` adds this host to it",
+            net.name,
+            net.name
+        );
+    }
+    Ok(())
+}
+
+/// The network's definition from `P/config`, completed with this host's
+/// parent and endpoints.
+pub fn fetch_config(
+    client: &Client,
+    name: &str,
+    parent: &str,
+    endpoints: &[String],
+) -> anyhow::Result<Network> {
+    let kv = client.get(&key(name, "config"))?.ok_or_else(|| {
+        anyhow!(
+            "network {name} is not defined in etcd ({})",
+            endpoints.join(", ")
+        )
+    })?;
+    let mut v: Value = serde_json::from_slice(&kv.value)
+        .with_context(|| format!("network {name}: bad definition in etcd"))?;
+    v["parent"] = parent.into();
+    v["shared"]["etcd"] = endpoints.into();
+    let net: Network = serde_json::from_value(v)
+        .with_context(|| format!("network {name}: bad definition in etcd"))?;
+    if net.name != name {
+        bail!(
+            "network {name}: the definition in etcd is named {:?}",
+            net.name
+        );
+    }
+    net.validate()?;
+    Ok(net)
+}
+
+/// Makes this host a member of the network (docs/multi-host.md, "join"):
+/// its host key, created only if absent (its `create_revision` is the
+/// epoch), and its alive key on a new lease. A host key that exists means
+/// an earlier incarnation of this host may hold addresses: refused until
+/// `host forget`. Joining again with the local record intact is a no-op.
+pub fn join(store: &SqliteStore, net: &Network, host: &str, until: Deadline) -> anyhow::Result<()> {
+    let name = &net.name;
+    let shared = shared_of(net)?;
+    if let Some(st) = store.shared_state(name)? {
+        if !st.forgotten {
+            if st.host == host {
+                return Ok(());
+            }
+            bail!(
+                "this state directory joined network {name} as host {}, not {host}",
+                st.host
+            );
+        }
+    }
+    // A client per call, each bounded by what is left of `until`.
+    let client = || client_until(&shared.etcd, until);
+    let t0 = boottime_ns();
+    let (lease, _) = client()?.lease_grant(alive_ttl(shared.hold))?;
+    let host_key = key(name, &format!("hosts/{host}"));
+    let alive_key = key(name, &format!("alive/{host}"));
+    let value = json!({"heartbeat": unix_now(), "version": env!("CARGO_PKG_VERSION"), "fill": {}})
+        .to_string();
+    let answer = client()?.txn(
+        &[Compare::absent(host_key.clone())],
+        &[
+            Op::put(host_key.clone(), value),
+            Op::put_leased(alive_key.clone(), Vec::new(), lease),
+        ],
+        &[Op::get(host_key.clone())],
+    );
+    let epoch = match answer {
+        Ok(r) if r.succeeded => r.revision,
+        Ok(_) => {
+            let _ = client().map(|c| c.lease_revoke(lease));
+            bail!(
+                "host {host} is already a member of network {name} in etcd, and its blocks may hold \
+                 live addresses; if nothing of that host runs any more: netattach host forget {host}"
+            );
+        }
+        Err(e) if e.not_applied() => return Err(e.into()),
+        Err(e) => {
+            // The answer was lost: it was ours if the alive key is on our lease.
+            let alive = client()?
+                .get(&alive_key)
+                .with_context(|| format!("after {e}"))?;
+            let hosts = client()?
+                .get(&host_key)
+                .with_context(|| format!("after {e}"))?;
+            match (alive, hosts) {
+                (Some(a), Some(h)) if a.lease == lease => h.create_revision,
+                _ => bail!("{e}; this host did not join (run the join again)"),
+            }
+        }
+    };
+    store.record_join(&SharedState {
+        network: name.clone(),
+        endpoints: shared.etcd.join(","),
+        host: host.to_string(),
+        epoch,
+        lease,
+        hold_s: shared.hold,
+        fence_until: t0.saturating_add(shared.hold.saturating_mul(1_000_000_000)),
+        boot_id: boot_id(),
+        heartbeat: unix_now(),
+        forgotten: false,
+    })?;
+    Ok(())
+}
+
+/// One host of a shared network as etcd knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostInfo {
+    pub host: String,
+    /// Its epoch; 0 when only blocks of it are left (a forget half done).
+    pub epoch: i64,
+    /// Unix seconds of its last heartbeat (0: unknown).
+    pub heartbeat: u64,
+    pub version: String,
+    /// Its alive key exists (it heartbeated within `hold` + margin).
+    pub alive: bool,
+    /// Its blocks, with the number of addresses it last reported in use.
+    pub blocks: Vec<BlockInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockInfo {
+    pub block: String,
+    pub mode: String,
+    pub used: Option<u64>,
+    pub size: u128,
+}
+
+/// Every host of the network, with its blocks, by host id.
+pub fn hosts(client: &Client, net: &Network) -> anyhow::Result<Vec<HostInfo>> {
+    let name = &net.name;
+    let strip = |kv: &KeyValue, what: &str| -> String {
+        String::from_utf8_lossy(&kv.key[key(name, what).len()..]).into_owned()
+    };
+    let mut out: BTreeMap<String, HostInfo> = BTreeMap::new();
+    // Per host, the fill it last reported: block name -> addresses in use.
+    let mut fills: BTreeMap<String, Value> = BTreeMap::new();
+    let blank = |host: &str| HostInfo {
+        host: host.to_string(),
+        epoch: 0,
+        heartbeat: 0,
+        version: String::new(),
+        alive: false,
+        blocks: Vec::new(),
+    };
+    for kv in client.get_prefix(&key(name, "hosts/"))?.kvs {
+        let host = strip(&kv, "hosts/");
+        let v = json_of(&kv);
+        let mut h = blank(&host);
+        h.epoch = kv.create_revision;
+        h.heartbeat = v["heartbeat"].as_u64().unwrap_or(0);
+        h.version = v["version"].as_str().unwrap_or("").to_string();
+        fills.insert(host.clone(), v["fill"].clone());
+        out.insert(host, h);
+    }
+    for kv in client.get_prefix(&key(name, "alive/"))?.kvs {
+        let host = strip(&kv, "alive/");
+        out.entry(host.clone())
+            .or_insert_with(|| blank(&host))
+            .alive = true;
+    }
+    let pools = super::pool::pools_of(net);
+    for kv in client.get_prefix(&key(name, "blocks/"))?.kvs {
+        let bname = strip(&kv, "blocks/");
+        let v = json_of(&kv);
+        let host = v["host"].as_str().unwrap_or("(none)").to_string();
+        let size = parse_block_name(&bname)
+            .and_then(|b| {
+                pools
+                    .iter()
+                    .flatten()
+                    .find(|r| r.range.contains(&b))
+                    .map(|r| usable_in(r, b))
+            })
+            .unwrap_or(0);
+        let used = fills.get(&host).and_then(|f| f[&bname].as_u64());
+        let entry = out.entry(host.clone()).or_insert_with(|| blank(&host));
+        entry.blocks.push(BlockInfo {
+            block: bname,
+            mode: v["mode"].as_str().unwrap_or("?").to_string(),
+            used,
+            size,
+        });
+    }
+    Ok(out.into_values().collect())
+}
+
+/// What `host forget` did.
+#[derive(Debug, Default)]
+pub struct Forgotten {
+    /// The host key existed and was deleted (the fence of that epoch).
+    pub host_key: bool,
+    pub blocks: Vec<String>,
+    pub addresses: usize,
+}
+
+/// Removes a host from a network (docs/multi-host.md, "host forget"):
+/// refused while its alive key exists unless `force`; first its host key
+/// (from then on every transaction of that epoch fails), then its blocks
+/// and address keys, each delete comparing the revision it was read at.
+pub fn forget(
+    client: &Client,
+    network: &str,
+    host: &str,
+    force: bool,
+    hold: u64,
+) -> anyhow::Result<Forgotten> {
+    let host_key = key(network, &format!("hosts/{host}"));
+    let alive_key = key(network, &format!("alive/{host}"));
+    let wants_key = key(network, &format!("wants/{host}"));
+    let h = client.get(&host_key)?;
+    let alive = client.get(&alive_key)?;
+    if alive.is_some() && !force {
+        let beat = h
+            .as_ref()
+            .and_then(|kv| json_of(kv)["heartbeat"].as_u64())
+            .unwrap_or(0);
+        let age = unix_now().saturating_sub(beat);
+        bail!(
+            "host {host} is alive on network {network} (last heartbeat {age} s ago; its hold on blocks \
+             ends in {} s): stop it first, or --force if it is down for good",
+            hold.saturating_sub(age)
+        );
+    }
+    let mut done = Forgotten::default();
+    if let Some(h) = &h {
+        let mut compares = vec![Compare::mod_is(host_key.clone(), h.mod_revision)];
+        if !force {
+            compares.push(Compare::absent(alive_key.clone()));
+        }
+        let r = client.txn(
+            &compares,
+            &[
+                Op::delete(host_key.clone()),
+                Op::delete(alive_key.clone()),
+                Op::delete(wants_key.clone()),
+            ],
+            &[],
+        )?;
+        if !r.succeeded {
+            bail!("host {host} of network {network} changed while it was being forgotten; run it again");
+        }
+        done.host_key = true;
+    } else if alive.is_some() {
+        client.delete(&alive_key, None)?;
+    }
+    let owned = |kv: &KeyValue| json_of(kv)["host"] == host;
+    let blocks: Vec<KeyValue> = client
+        .get_prefix(&key(network, "blocks/"))?
+        .kvs
+        .into_iter()
+        .filter(owned)
+        .collect();
+    let addrs: Vec<KeyValue> = client
+        .get_prefix(&key(network, "addrs/"))?
+        .kvs
+        .into_iter()
+        .filter(owned)
+        .collect();
+    // Address keys first: a block is never free while keys of it remain.
+    done.addresses = delete_compared(client, &addrs)?;
+    delete_compared(client, &blocks)?;
+    let strip = key(network, "blocks/").len();
+    done.blocks = blocks
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key[strip..]).into_owned())
+        .collect();
+    Ok(done)
+}
+
+/// Deletes keys, each only if unchanged since it was read, in chunks; a
+/// chunk whose compares fail is retried key by key (those changed stay).
+fn delete_compared(client: &Client, kvs: &[KeyValue]) -> anyhow::Result<usize> {
+    let mut deleted = 0;
+    for chunk in kvs.chunks(TXN_CHUNK) {
+        let compares: Vec<Compare> = chunk
+            .iter()
+            .map(|kv| Compare::mod_is(kv.key.clone(), kv.mod_revision))
+            .collect();
+        let ops: Vec<Op> = chunk.iter().map(|kv| Op::delete(kv.key.clone())).collect();
+        if client.txn(&compares, &ops, &[])?.succeeded {
+            deleted += chunk.len();
+            continue;
+        }
+        for kv in chunk {
+            let r = client.txn(
+                &[Compare::mod_is(kv.key.clone(), kv.mod_revision)],
+                &[Op::delete(kv.key.clone())],
+                &[],
+            )?;
+            deleted += r.succeeded as usize;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The block sizes of a new shared network: `block_prefix` for every range
+/// when given (it must fit each), else each range's default.
+pub fn block_prefixes(net: &Network, block_prefix: Option<u8>) -> BTreeMap<String, u8> {
+    net.subnets
+        .iter()
+        .map(|s| {
+            let range = s.ip_range.unwrap_or(s.subnet);
+            (
+                range.to_string(),
+                block_prefix.unwrap_or_else(|| default_block_prefix(range)),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(subnet: &str, range: &str, excluded: &[&str]) -> PoolRange {
+        PoolRange {
+            subnet: subnet.parse().unwrap(),
+            range: range.parse().unwrap(),
+            excluded: excluded.iter().map(|e| e.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn block_names_are_one_path_segment_and_read_back() {
+        for b in ["192.168.32.16/28", "2001:db8::/68", "10.0.0.0/8"] {
+            let net: IpNet = b.parse().unwrap();
+            let name = block_name(net);
+            assert!(!name.contains('/'), "{name}");
+            assert_eq!(parse_block_name(&name), Some(net));
+        }
+        assert_eq!(
+            block_name("192.168.32.16/28".parse().unwrap()),
+            "192.168.32.16-28"
+        );
+        assert_eq!(parse_block_name("192.168.32.16"), None);
+    }
+
+    #[test]
+    fn a_range_is_cut_into_sixteen_blocks_by_default() {
+        assert_eq!(default_block_prefix("192.168.32.0/24".parse().unwrap()), 28);
+        assert_eq!(default_block_prefix("2001:db8::/64".parse().unwrap()), 68);
+        assert_eq!(default_block_prefix("192.168.32.4/30".parse().unwrap()), 32);
+        let r = range("192.168.32.0/24", "192.168.32.0/24", &["192.168.32.254"]);
+        let blocks = blocks_of(&r, 28);
+        assert_eq!(blocks.len(), 16);
+        // Network address, gateway and broadcast are never handed out.
+        assert_eq!(usable_in(&r, blocks[0]), 15);
+        assert_eq!(usable_in(&r, blocks[1]), 16);
+        assert_eq!(usable_in(&r, blocks[15]), 14);
+    }
+
+    #[test]
+    fn blocks_without_a_usable_address_are_never_claimed() {
+        // /31 blocks of a /30 subnet: .0 is the network address, .3 the
+        // broadcast, .1 the gateway: only the block of .2 is left.
+        let r = range("192.168.32.0/30", "192.168.32.0/30", &["192.168.32.1"]);
+        assert_eq!(
+            blocks_of(&r, 31),
+            vec!["192.168.32.2/31".parse::<IpNet>().unwrap()]
+        );
+        // The range of an ip_range smaller than its subnet hands out its own
+        // network address.
+        let r = range("192.168.32.0/24", "192.168.33.0/27", &[]);
+        assert!(blocks_of(&r, 29).is_empty()); // outside the subnet: nothing
+        let r = range("192.168.32.0/22", "192.168.33.0/27", &[]);
+        let b = blocks_of(&r, 29);
+        assert_eq!(b.len(), 4);
+        assert_eq!(usable_in(&r, b[0]), 8);
+    }
+
+    #[test]
+    fn the_definition_in_etcd_has_no_parent_and_no_endpoints() {
+        let net: Network = serde_json::from_str(
+            r#"{"name":"lan","driver":"macvlan","parent":"eth0",
+                "subnets":[{"subnet":"192.168.32.0/24"}],
+                "shared":{"etcd":["http://10.0.0.5:2379"],"hold":3600,
+                          "block_prefix":{"192.168.32.0/24":28}}}"#,
+        )
+        .unwrap();
+        net.validate().unwrap();
+        let v: Value = serde_json::from_str(&config_value(&net).unwrap()).unwrap();
+        assert!(v.get("parent").is_none(), "{v}");
+        assert!(v["shared"].get("etcd").is_none(), "{v}");
+        assert_eq!(v["shared"]["block_prefix"]["192.168.32.0/24"], 28);
+        assert_eq!(v["shared"]["hold"], 3600);
+    }
+
+    #[test]
+    fn host_ids() {
+        assert!(valid_host_id("node-1.example_2"));
+        assert!(!valid_host_id(""));
+        assert!(!valid_host_id("a/b"));
+        assert!(!valid_host_id(&"x".repeat(65)));
+        assert_eq!(host_id(Some("h1")).unwrap(), "h1");
+        assert!(host_id(Some("h 1")).is_err());
+    }
+
+    #[test]
+    fn the_alive_key_outlives_the_fence_by_a_margin() {
+        assert_eq!(alive_ttl(3600), 3960);
+        assert_eq!(alive_ttl(60), 120);
+    }
+}

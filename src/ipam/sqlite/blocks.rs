@@ -1,0 +1,539 @@
+//! The local side of shared networks (docs/multi-host.md): this host's
+//! membership of each shared network (`shared`) and the blocks etcd gave it
+//! (`shared_blocks`).
+//!
+//! A pooled allocation on a shared network runs in the same transaction as
+//! any other and walks the same index, only bounded to this host's private
+//! blocks, and only while the host's fence holds. A block row is written
+//! only after etcd said the block is this host's, so every address handed
+//! out here lies in a block no other host may allocate in.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{allocate as allocate_in, db, key_of, key_of_addr, now, Commit, SqliteStore};
+use crate::ipam::pool::addr_to_u128;
+use crate::ipam::shared::{boot_id, boottime_ns};
+use crate::ipam::{IpamError, PoolRange};
+
+const MEMBER: &str = "member";
+const FORGOTTEN: &str = "forgotten";
+const PRIVATE: &str = "private";
+
+/// This host's membership of one shared network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedState {
+    pub network: String,
+    /// The etcd endpoints it joined through, comma-separated.
+    pub endpoints: String,
+    pub host: String,
+    /// `create_revision` of `P/hosts/HOST`: compared by every transaction.
+    pub epoch: i64,
+    /// The etcd lease of `P/alive/HOST`.
+    pub lease: i64,
+    pub hold_s: u64,
+    /// CLOCK_BOOTTIME (ns) until which local allocation is allowed.
+    pub fence_until: u64,
+    /// The boot `fence_until` was read in: another boot has no fence.
+    pub boot_id: String,
+    /// Unix seconds of the last heartbeat etcd accepted (or of the join).
+    pub heartbeat: u64,
+    /// `host forget` removed this host: it allocates nothing more here.
+    pub forgotten: bool,
+}
+
+/// One block of this host and how many of its addresses are leased here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockFill {
+    pub block: IpNet,
+    pub state: String,
+    /// `mod_revision` of `P/blocks/BLOCK` as this host wrote it.
+    pub revision: i64,
+    pub used: u64,
+}
+
+fn read_state(conn: &Connection, network: &str) -> Result<Option<SharedState>, IpamError> {
+    conn.prepare_cached(
+        "SELECT endpoints, host, epoch, lease, hold_s, fence_until, boot_id, heartbeat, state
+         FROM shared WHERE network = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([network], |r| {
+            Ok(SharedState {
+                network: network.to_string(),
+                endpoints: r.get(0)?,
+                host: r.get(1)?,
+                epoch: r.get(2)?,
+                lease: r.get(3)?,
+                hold_s: r.get::<_, i64>(4)?.max(0) as u64,
+                fence_until: r.get::<_, i64>(5)?.max(0) as u64,
+                boot_id: r.get(6)?,
+                heartbeat: r.get::<_, i64>(7)?.max(0) as u64,
+                forgotten: r.get::<_, String>(8)? == FORGOTTEN,
+            })
+        })
+        .optional()
+    })
+    .map_err(db)
+}
+
+/// Refuses local allocation on a shared network unless this host is a
+/// member whose fence holds (a heartbeat accepted within `hold`, this boot).
+pub(super) fn check_fence(tx: &Transaction<'_>, network: &str) -> Result<(), IpamError> {
+    let Some(st) = read_state(tx, network)? else {
+        return Err(IpamError::Shared(format!(
+            "network {network} is shared but this host has not joined it (netattach network join)"
+        )));
+    };
+    if st.forgotten {
+        return Err(forgotten_error(network, &st.host));
+    }
+    if st.boot_id != boot_id() {
+        return Err(IpamError::Fenced {
+            network: network.to_string(),
+            why: format!(
+                "no heartbeat reached etcd since this host booted (hold {} s)",
+                st.hold_s
+            ),
+        });
+    }
+    if boottime_ns() >= st.fence_until {
+        return Err(IpamError::Fenced {
+            network: network.to_string(),
+            why: format!(
+                "no heartbeat reached etcd for {} s (hold {} s)",
+                now().saturating_sub(st.heartbeat),
+                st.hold_s
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The error of a network this host was forgotten on.
+pub fn forgotten_error(network: &str, host: &str) -> IpamError {
+    IpamError::Shared(format!(
+        "network {network}: this host ({host}) was removed by `netattach host forget`; \
+         it allocates nothing there until it joins again (netattach network join)"
+    ))
+}
+
+/// A requested address on a shared network must lie in one of this host's
+/// private blocks: anywhere else another host may hand it out.
+pub(super) fn check_own_block(
+    tx: &Transaction<'_>,
+    network: &str,
+    address: IpAddr,
+) -> Result<(), IpamError> {
+    let key = key_of_addr(address);
+    let found: Option<i64> = tx
+        .prepare_cached(
+            "SELECT 1 FROM shared_blocks
+             WHERE network = ?1 AND state = 'private' AND lo <= ?2 AND hi >= ?2",
+        )
+        .and_then(|mut s| s.query_row(params![network, key], |r| r.get(0)).optional())
+        .map_err(db)?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(IpamError::Shared(format!(
+            "network {network} is shared: {address} is not in a block of this host, and only \
+             addresses of this host's blocks may be requested (netattach host ls)"
+        ))),
+    }
+}
+
+/// A free address of `ranges` inside this host's private blocks, with the
+/// prefix length of its subnet; [`IpamError::NeedsBlock`] when they are full.
+pub(super) fn allocate(
+    tx: &Transaction<'_>,
+    segment: &str,
+    network: &str,
+    ranges: &[PoolRange],
+) -> Result<(IpAddr, u8), IpamError> {
+    let blocks: Vec<IpNet> = tx
+        .prepare_cached(
+            "SELECT block FROM shared_blocks WHERE network = ?1 AND state = 'private' ORDER BY lo",
+        )
+        .and_then(|mut s| {
+            s.query_map([network], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(db)?
+        .iter()
+        .filter_map(|b| b.parse().ok())
+        .collect();
+    // Each block is a range of its own for the walk (and its own cursor):
+    // the subnet and the excluded addresses stay those of its range.
+    let within: Vec<PoolRange> = ranges
+        .iter()
+        .flat_map(|r| {
+            blocks
+                .iter()
+                .filter(|b| r.range.contains(*b))
+                .map(|b| PoolRange {
+                    subnet: r.subnet,
+                    range: *b,
+                    excluded: r.excluded.clone(),
+                })
+        })
+        .collect();
+    if !within.is_empty() {
+        match allocate_in(tx, segment, network, &within) {
+            Ok((address, range)) => return Ok((address, range.subnet.prefix_len())),
+            Err(IpamError::Exhausted { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(IpamError::NeedsBlock {
+        network: network.to_string(),
+        ranges: ranges.to_vec(),
+    })
+}
+
+fn bounds(block: IpNet) -> ([u8; 17], [u8; 17]) {
+    let v6 = block.network().is_ipv6();
+    (
+        key_of(v6, addr_to_u128(block.network())),
+        key_of(v6, addr_to_u128(block.broadcast())),
+    )
+}
+
+impl SqliteStore {
+    /// This host's membership of `network`, if it joined it.
+    pub fn shared_state(&self, network: &str) -> Result<Option<SharedState>, IpamError> {
+        read_state(&self.conn(), network)
+    }
+
+    /// One write transaction on the shared tables. These rows are what
+    /// etcd granted this host: they must survive power loss.
+    fn write_shared<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, IpamError> {
+        let (mut conn, _queue) = self.writer(Commit::PowerLoss)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let value = f(&tx).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(value)
+    }
+
+    /// Records a join (a new epoch): any blocks of an earlier membership
+    /// are gone with it (`host forget` freed them in etcd).
+    pub fn record_join(&self, st: &SharedState) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            tx.execute(
+                "DELETE FROM shared_blocks WHERE network = ?1",
+                [&st.network],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO shared
+                   (network, endpoints, host, epoch, lease, hold_s, fence_until, boot_id,
+                    heartbeat, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    st.network,
+                    st.endpoints,
+                    st.host,
+                    st.epoch,
+                    st.lease,
+                    st.hold_s as i64,
+                    st.fence_until as i64,
+                    st.boot_id,
+                    st.heartbeat as i64,
+                    if st.forgotten { FORGOTTEN } else { MEMBER },
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records a block etcd granted to this host under `epoch`, as private.
+    /// Refused (false) if the membership changed meanwhile.
+    pub fn record_block(
+        &self,
+        network: &str,
+        epoch: i64,
+        block: IpNet,
+        revision: i64,
+    ) -> Result<bool, IpamError> {
+        let (lo, hi) = bounds(block);
+        self.write_shared(|tx| {
+            let member: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM shared WHERE network = ?1 AND epoch = ?2 AND state = 'member'",
+                    params![network, epoch],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if member.is_none() {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO shared_blocks (network, block, lo, hi, state, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![network, block.to_string(), lo, hi, PRIVATE, revision],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// A heartbeat etcd accepted under `epoch`: the fence moves to
+    /// `fence_until` (CLOCK_BOOTTIME ns) of this boot.
+    pub fn record_heartbeat(
+        &self,
+        network: &str,
+        epoch: i64,
+        lease: i64,
+        fence_until: u64,
+    ) -> Result<(), IpamError> {
+        let boot = boot_id();
+        self.write_shared(|tx| {
+            tx.execute(
+                "UPDATE shared SET lease = ?3, fence_until = ?4, boot_id = ?5, heartbeat = ?6
+                 WHERE network = ?1 AND epoch = ?2 AND state = 'member'",
+                params![
+                    network,
+                    epoch,
+                    lease,
+                    fence_until as i64,
+                    boot,
+                    now() as i64
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// etcd no longer knows this host under `epoch` (`host forget`): stop
+    /// allocating and drop the blocks (they may be another host's now).
+    pub fn mark_forgotten(&self, network: &str, epoch: i64) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            let n = tx.execute(
+                "UPDATE shared SET state = 'forgotten', fence_until = 0
+                 WHERE network = ?1 AND epoch = ?2",
+                params![network, epoch],
+            )?;
+            if n > 0 {
+                tx.execute("DELETE FROM shared_blocks WHERE network = ?1", [network])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// This host's blocks of `network` and their leases here, by address.
+    pub fn block_fills(&self, network: &str) -> Result<Vec<BlockFill>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT b.block, b.state, b.revision,
+                        (SELECT count(*) FROM leases l
+                         WHERE l.network = b.network AND l.key >= b.lo AND l.key <= b.hi)
+                 FROM shared_blocks b WHERE b.network = ?1 ORDER BY b.lo",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([network], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (block, state, revision, used) = row.map_err(db)?;
+            let block = block
+                .parse()
+                .map_err(|_| IpamError::Store(format!("bad block {block:?} in shared_blocks")))?;
+            out.push(BlockFill {
+                block,
+                state,
+                revision,
+                used: used.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ipam::{Claim, LeaseStore, MacWant, Want};
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "netattach-blocks-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// 192.168.32.0/24, gateway .254, pooled from the whole subnet.
+    fn range() -> PoolRange {
+        PoolRange {
+            subnet: "192.168.32.0/24".parse().unwrap(),
+            range: "192.168.32.0/24".parse().unwrap(),
+            excluded: vec!["192.168.32.254".parse().unwrap()],
+        }
+    }
+
+    fn claim(shared: bool, wants: Vec<Want>) -> Claim {
+        Claim {
+            network: "lan".into(),
+            segment: "lan0".into(),
+            ifname: "eth0".into(),
+            link: None,
+            mac: MacWant::None,
+            wants,
+            shared,
+        }
+    }
+
+    fn pooled() -> Vec<Want> {
+        vec![Want::Pool {
+            ranges: vec![range()],
+        }]
+    }
+
+    fn member(fence_until: u64, boot: String) -> SharedState {
+        SharedState {
+            network: "lan".into(),
+            endpoints: "http://127.0.0.1:1".into(),
+            host: "h1".into(),
+            epoch: 7,
+            lease: 1,
+            hold_s: 3600,
+            fence_until,
+            boot_id: boot,
+            heartbeat: now(),
+            forgotten: false,
+        }
+    }
+
+    fn reserve(s: &SqliteStore, owner: &str, c: Claim) -> Result<Vec<IpAddr>, IpamError> {
+        let r = s.reserve(owner, "net:[1]#1", &[c], &mut |_| true)?;
+        Ok(r.leases.concat().iter().map(|l| l.address).collect())
+    }
+
+    fn in_fence() -> SharedState {
+        member(boottime_ns() + 3_600_000_000_000, boot_id())
+    }
+
+    #[test]
+    fn allocates_only_inside_this_hosts_private_blocks() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        s.record_join(&in_fence()).unwrap();
+        // No block yet: the caller must claim one.
+        assert!(matches!(
+            reserve(&s, "c0", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        let block: IpNet = "192.168.32.240/28".parse().unwrap();
+        assert!(s.record_block("lan", 7, block, 42).unwrap());
+        // .240-.253 and .255 minus broadcast: .254 is the gateway.
+        let mut got = Vec::new();
+        for i in 0..14 {
+            got.extend(reserve(&s, &format!("c{i}"), claim(true, pooled())).unwrap());
+        }
+        assert!(got.iter().all(|a| block.contains(a)), "{got:?}");
+        assert!(!got.contains(&"192.168.32.254".parse().unwrap()));
+        assert!(!got.contains(&"192.168.32.255".parse().unwrap()));
+        assert!(matches!(
+            reserve(&s, "c99", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        let fills = s.block_fills("lan").unwrap();
+        assert_eq!(fills.len(), 1);
+        assert_eq!(
+            (fills[0].block, fills[0].used, fills[0].revision),
+            (block, 14, 42)
+        );
+        // The same network unshared would walk the whole range from its start.
+        let local = reserve(&s, "local", claim(false, pooled())).unwrap();
+        assert_eq!(local, vec!["192.168.32.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn no_local_allocation_without_a_fence() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        // Not joined.
+        let e = reserve(&s, "c", claim(true, pooled())).unwrap_err();
+        assert!(e.to_string().contains("has not joined"), "{e}");
+        // Fence ended.
+        s.record_join(&member(1, boot_id())).unwrap();
+        s.record_block("lan", 7, "192.168.32.0/28".parse().unwrap(), 1)
+            .unwrap();
+        let e = reserve(&s, "c", claim(true, pooled())).unwrap_err();
+        assert!(matches!(e, IpamError::Fenced { .. }), "{e}");
+        assert!(
+            e.to_string().contains("no heartbeat reached etcd for"),
+            "{e}"
+        );
+        // A fence of another boot.
+        s.record_join(&member(u64::MAX / 2, "another-boot".into()))
+            .unwrap();
+        s.record_block("lan", 7, "192.168.32.0/28".parse().unwrap(), 1)
+            .unwrap();
+        let e = reserve(&s, "c", claim(true, pooled())).unwrap_err();
+        assert!(e.to_string().contains("since this host booted"), "{e}");
+        // A heartbeat accepted under the epoch renews it.
+        s.record_heartbeat("lan", 7, 1, boottime_ns() + 60_000_000_000)
+            .unwrap();
+        assert_eq!(reserve(&s, "c", claim(true, pooled())).unwrap().len(), 1);
+        // Forgotten: the blocks go, nothing more is handed out.
+        s.mark_forgotten("lan", 7).unwrap();
+        assert!(s.block_fills("lan").unwrap().is_empty());
+        let e = reserve(&s, "d", claim(true, pooled())).unwrap_err();
+        assert!(e.to_string().contains("host forget"), "{e}");
+        // Writes under another epoch change nothing.
+        assert!(!s
+            .record_block("lan", 7, "192.168.32.16/28".parse().unwrap(), 2)
+            .unwrap());
+    }
+
+    #[test]
+    fn requested_addresses_must_lie_in_this_hosts_blocks() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        s.record_join(&in_fence()).unwrap();
+        s.record_block("lan", 7, "192.168.32.16/28".parse().unwrap(), 1)
+            .unwrap();
+        let want = |a: &str| {
+            vec![Want::Address {
+                address: a.parse().unwrap(),
+                subnet: "192.168.32.0/24".parse().unwrap(),
+            }]
+        };
+        let e = reserve(&s, "a", claim(true, want("192.168.32.5"))).unwrap_err();
+        assert!(e.to_string().contains("not in a block of this host"), "{e}");
+        assert_eq!(
+            reserve(&s, "b", claim(true, want("192.168.32.20"))).unwrap(),
+            vec!["192.168.32.20".parse::<IpAddr>().unwrap()]
+        );
+    }
+}

@@ -1,0 +1,756 @@
+//! Root integration tests of shared networks on a real etcd
+//! (docs/multi-host.md): several "hosts" on one machine, each with its own
+//! network namespace, parent veth, config and state dirs and host id, all on
+//! one layer-2 segment:
+//!
+//! ```text
+//!  na<tag>h0: lan0 ----\
+//!  na<tag>h1: lan0 -----+-- br0 192.168.35.254/22 (na<tag>l, the LAN and its gateway)
+//!  na<tag>h2: lan0 ----/
+//! ```
+//!
+//! Containers are namespaces the test makes; traffic goes only to them and
+//! the gateway. Everything is removed on drop, also when a test fails.
+//! `NETATTACH_MULTI_HOST_N` sets the attaches per host of the big test
+//! (default 300).
+
+mod common;
+mod etcd_harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Netns, TempDir};
+use etcd_harness::Etcd;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+const SUBNET: &str = "192.168.32.0/22";
+const GW: &str = "192.168.35.254";
+/// etcd's address on the LAN's bridge; host i is 10.99.0.(i+1) on its parent.
+const ETCD_IP: &str = "10.99.0.254";
+/// Attaches at once on each host.
+const PARALLEL: usize = 16;
+
+/// One host: its netns (with the parent), its dirs, its containers.
+struct Host {
+    /// Dropped first: the containers' namespaces.
+    containers: Mutex<Vec<Netns>>,
+    id: String,
+    ns: Netns,
+    parent: String,
+    _dir: TempDir,
+    config_dir: PathBuf,
+    state_dir: PathBuf,
+    seq: AtomicUsize,
+}
+
+/// The LAN: a bridge with the gateway, and the hosts plugged into it.
+struct Lan {
+    hosts: Vec<Host>,
+    ns: Netns,
+    tag: String,
+}
+
+/// One container attached on one host.
+#[derive(Debug, Clone)]
+struct Attached {
+    id: String,
+    ns: String,
+    address: String,
+    mac: String,
+}
+
+impl Lan {
+    /// A LAN with one host per parent name.
+    fn new(parents: &[&str]) -> Lan {
+        let tag = common::unique_tag();
+        let ns = Netns::new(&format!("na{tag}l"));
+        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        ns.ip(&["addr", "add", &format!("{GW}/22"), "dev", "br0"]);
+        ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+        ns.ip(&["link", "set", "br0", "up"]);
+        let mut hosts = Vec::new();
+        for (i, &parent) in parents.iter().enumerate() {
+            let h = Netns::new(&format!("na{tag}h{i}"));
+            let port = format!("p{i}");
+            h.ip(&[
+                "link", "add", parent, "type", "veth", "peer", "name", &port, "netns", &ns.name,
+            ]);
+            ns.ip(&["link", "set", &port, "master", "br0"]);
+            ns.ip(&["link", "set", &port, "up"]);
+            h.ip(&["link", "set", parent, "up"]);
+            // How the host reaches etcd: an address of its own on the LAN.
+            h.ip(&[
+                "addr",
+                "add",
+                &format!("10.99.0.{}/24", i + 1),
+                "dev",
+                parent,
+            ]);
+            let dir = TempDir::new(&format!("netattach-mh-{tag}-{i}"));
+            let config_dir = dir.path().join("config");
+            let state_dir = dir.path().join("state");
+            std::fs::create_dir_all(&config_dir).unwrap();
+            hosts.push(Host {
+                containers: Mutex::new(Vec::new()),
+                id: format!("host{i}"),
+                ns: h,
+                parent: parent.to_string(),
+                _dir: dir,
+                config_dir,
+                state_dir,
+                seq: AtomicUsize::new(0),
+            });
+        }
+        Lan { hosts, ns, tag }
+    }
+
+    /// Host 0 creates `name` on etcd with `extra` flags; the others join.
+    fn share(&self, etcd: &Etcd, name: &str, extra: &[&str]) {
+        let url = etcd.url();
+        let h0 = &self.hosts[0];
+        let parent = format!("parent={}", h0.parent);
+        let mut args: Vec<&str> = vec![
+            "network",
+            "create",
+            "--etcd",
+            url.as_str(),
+            "--host-id",
+            h0.id.as_str(),
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            GW,
+            "-o",
+            parent.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        h0.ok(&args);
+        for h in &self.hosts[1..] {
+            h.join(&url, name);
+        }
+    }
+
+    /// Every address answers ARP from the gateway's netns exactly once, with
+    /// the MAC of the container that holds it.
+    fn assert_unique_on_wire(&self, attached: &[Attached]) {
+        let next = AtomicUsize::new(0);
+        let wrong = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(a) = attached.get(i) else { break };
+                    let answers = arp_answerers(&self.ns.name, &a.address);
+                    if answers != BTreeSet::from([a.mac.clone()]) {
+                        wrong.lock().unwrap().push(format!(
+                            "{} of {}: answered by {answers:?}, expected {}",
+                            a.address, a.id, a.mac
+                        ));
+                    }
+                });
+            }
+        });
+        let wrong = wrong.into_inner().unwrap();
+        assert!(wrong.is_empty(), "ARP answers: {wrong:#?}");
+    }
+}
+
+impl Host {
+    fn netattach(&self, args: &[&str]) -> Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path_str()))
+            .arg(common::bin())
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run netattach")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.netattach(args);
+        assert!(
+            out.status.success(),
+            "{}: netattach {}: {}",
+            self.id,
+            args.join(" "),
+            common::text(&out)
+        );
+        common::stdout(&out)
+    }
+
+    fn join(&self, url: &str, name: &str) {
+        let parent = format!("parent={}", self.parent);
+        self.ok(&[
+            "network",
+            "join",
+            "--etcd",
+            url,
+            "--host-id",
+            &self.id,
+            "-o",
+            &parent,
+            name,
+        ]);
+    }
+
+    /// One attach in a new container namespace: the address and MAC, or
+    /// netattach's stderr.
+    fn attach(&self, network: &str) -> Result<Attached, String> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let ns = Netns::new(&format!("{}c{n}", self.ns.name));
+        let id = format!("{}-c{n}", self.id);
+        let out = self.netattach(&[
+            "attach",
+            "--json",
+            "--netns",
+            ns.path_str(),
+            "--id",
+            &id,
+            network,
+        ]);
+        let name = ns.name.clone();
+        self.containers.lock().unwrap().push(ns);
+        if !out.status.success() {
+            return Err(common::stderr(&out));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("attach --json");
+        let link = &v[0];
+        Ok(Attached {
+            id,
+            ns: name,
+            address: link["addresses"][0]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+            mac: link["mac"].as_str().unwrap().to_ascii_lowercase(),
+        })
+    }
+
+    /// `n` attaches, [`PARALLEL`] at a time.
+    fn attach_many(&self, network: &str, n: usize) -> Vec<Result<Attached, String>> {
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL.min(n) {
+                s.spawn(|| {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let r = self.attach(network);
+                        results.lock().unwrap().push(r);
+                    }
+                });
+            }
+        });
+        results.into_inner().unwrap()
+    }
+
+    /// The addresses `lease ls` shows on this host for `network`.
+    fn leased(&self, network: &str) -> BTreeSet<String> {
+        let out = self.ok(&["lease", "ls", "--json", network]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["address"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Drops the container namespaces (their links go with them), as a
+    /// host that dies takes its containers with it.
+    fn kill_containers(&self) {
+        self.containers.lock().unwrap().clear();
+    }
+}
+
+/// The MACs that answer an ARP request for `addr` from the LAN's bridge.
+fn arp_answerers(lan_ns: &str, addr: &str) -> BTreeSet<String> {
+    let out = common::exec_in(lan_ns, &["arping", "-c", "2", "-w", "2", "-I", "br0", addr]);
+    common::stdout(&out)
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let open = l.find('[')?;
+            let close = l[open..].find(']')? + open;
+            Some(l[open + 1..close].to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// etcd's keys under `prefix`, read from the LAN's namespace.
+fn etcd_range(lan: &Lan, etcd: &Etcd, prefix: &str) -> Vec<netattach::etcd::KeyValue> {
+    let url = etcd.url();
+    etcd_harness::in_netns(&lan.ns.name, || {
+        let client = netattach::etcd::Client::new(&[url], Default::default()).unwrap();
+        client.get_prefix(prefix.as_bytes()).unwrap().kvs
+    })
+}
+
+/// etcd's blocks of `network`: block -> owning host.
+fn etcd_blocks(lan: &Lan, etcd: &Etcd, network: &str) -> BTreeMap<Ipv4Net, String> {
+    let prefix = format!("/netattach/v1/networks/{network}/blocks/");
+    etcd_range(lan, etcd, &prefix)
+        .into_iter()
+        .map(|kv| {
+            let name = String::from_utf8(kv.key[prefix.len()..].to_vec()).unwrap();
+            let block = name.replace('-', "/").parse().unwrap();
+            let v: Value = serde_json::from_slice(&kv.value).unwrap();
+            (block, v["host"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Every lease of the host lies in a block etcd gives to that host.
+fn assert_leases_in_own_blocks(lan: &Lan, etcd: &Etcd, network: &str, host: &Host) {
+    let blocks = etcd_blocks(lan, etcd, network);
+    for a in host.leased(network) {
+        let ip: Ipv4Addr = a.parse().unwrap();
+        let owner = blocks.iter().find(|(b, _)| b.contains(&ip)).map(|(_, h)| h);
+        assert_eq!(
+            owner,
+            Some(&host.id),
+            "{a} leased on {} lies in a block of {owner:?} (etcd: {blocks:?})",
+            host.id
+        );
+    }
+}
+
+/// The LAN with one host per parent, and etcd on it; `None` (after
+/// `SKIP:`) without root, arping or etcd.
+fn setup(parents: &[&str]) -> Option<(Lan, Etcd)> {
+    if common::skip_unless_root()
+        || common::skip_unless(
+            common::have("arping"),
+            "arping (iputils-arping) is not installed",
+        )
+        || etcd_harness::skip_unless(
+            etcd_harness::etcd_binary().is_some(),
+            "needs etcd 3.4 (apt-get install etcd-server)",
+        )
+    {
+        return None;
+    }
+    let lan = Lan::new(parents);
+    let etcd = Etcd::start_in_netns_or_skip(&lan.ns.name, ETCD_IP)?;
+    Some((lan, etcd))
+}
+
+fn split(results: Vec<Result<Attached, String>>) -> (Vec<Attached>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok(a) => ok.push(a),
+            Err(e) => failed.push(e),
+        }
+    }
+    (ok, failed)
+}
+
+fn assert_distinct(attached: &[Attached]) {
+    let set: BTreeSet<&str> = attached.iter().map(|a| a.address.as_str()).collect();
+    assert_eq!(set.len(), attached.len(), "an address was handed out twice");
+}
+
+#[test]
+fn three_hosts_hand_out_unique_addresses() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0", "lan0"]) else {
+        return;
+    };
+    let n: usize = std::env::var("NETATTACH_MULTI_HOST_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    // A /22 is 16 blocks of 64: 300 per host fits in 5 blocks each.
+    assert!(
+        n <= 300,
+        "NETATTACH_MULTI_HOST_N above 300 does not fit the /22"
+    );
+    lan.share(&etcd, "shared", &[]);
+    let started = Instant::now();
+    let results: Vec<Vec<Result<Attached, String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lan
+            .hosts
+            .iter()
+            .map(|h| s.spawn(|| h.attach_many("shared", n)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!(
+        "{} attaches on 3 hosts ({PARALLEL} at once each) in {:?}",
+        3 * n,
+        started.elapsed()
+    );
+    let mut all = Vec::new();
+    for (h, r) in lan.hosts.iter().zip(results) {
+        let (ok, failed) = split(r);
+        assert!(
+            failed.is_empty(),
+            "{}: {} failed: {:?}",
+            h.id,
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert_eq!(ok.len(), n);
+        let leased = h.leased("shared");
+        let attached: BTreeSet<String> = ok.iter().map(|a| a.address.clone()).collect();
+        assert_eq!(
+            leased, attached,
+            "{}: lease ls differs from what was attached",
+            h.id
+        );
+        assert_leases_in_own_blocks(&lan, &etcd, "shared", h);
+        all.extend(ok);
+    }
+    assert_distinct(&all);
+    let started = Instant::now();
+    lan.assert_unique_on_wire(&all);
+    eprintln!(
+        "{} addresses checked with ARP in {:?}",
+        all.len(),
+        started.elapsed()
+    );
+    // host ls agrees: three hosts, alive, their blocks.
+    let ls = lan.hosts[0].ok(&["host", "ls", "--json"]);
+    let v: Value = serde_json::from_str(&ls).unwrap();
+    let hosts = v[0]["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{ls}");
+    assert!(hosts.iter().all(|h| h["alive"] == true), "{ls}");
+    let blocks: usize = hosts
+        .iter()
+        .map(|h| h["blocks"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(blocks, etcd_blocks(&lan, &etcd, "shared").len());
+    drop(lan);
+}
+
+#[test]
+fn demand_beyond_the_range_fails_with_no_free_address() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0", "lan0"]) else {
+        return;
+    };
+    // 32 addresses in 4 blocks of 8; 48 attaches ask for them.
+    lan.share(
+        &etcd,
+        "small",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let results: Vec<Vec<Result<Attached, String>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lan
+            .hosts
+            .iter()
+            .map(|h| s.spawn(|| h.attach_many("small", 16)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all = Vec::new();
+    let mut failures = Vec::new();
+    for (h, r) in lan.hosts.iter().zip(results) {
+        let (ok, failed) = split(r);
+        assert_eq!(h.leased("small").len(), ok.len());
+        assert_leases_in_own_blocks(&lan, &etcd, "small", h);
+        all.extend(ok);
+        failures.extend(failed);
+    }
+    assert_eq!(all.len(), 32, "failures: {failures:?}");
+    assert_eq!(failures.len(), 16);
+    for f in &failures {
+        assert!(
+            f.contains("no free address in 192.168.33.0/27 of small"),
+            "{f}"
+        );
+        assert_eq!(f.trim().lines().count(), 1, "{f}");
+    }
+    assert_distinct(&all);
+    for a in &all {
+        let ip: Ipv4Addr = a.address.parse().unwrap();
+        assert!("192.168.33.0/27".parse::<Ipv4Net>().unwrap().contains(&ip));
+    }
+    lan.assert_unique_on_wire(&all);
+}
+
+#[test]
+fn etcd_down_only_new_blocks_fail_and_claims_resume_when_it_is_back() {
+    let Some((lan, mut etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "wan",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(h0.attach("wan").expect("attach with etcd up"));
+    }
+    live.push(h1.attach("wan").expect("attach with etcd up"));
+    etcd.kill();
+    // Inside the blocks already claimed: attaches go on, 16 at once.
+    let (ok, failed) = split(h0.attach_many("wan", 5));
+    assert!(failed.is_empty(), "{failed:?}");
+    live.extend(ok);
+    // A new block is needed: refused quickly, in one line that says why
+    // and what this host has left.
+    let started = Instant::now();
+    let e = h0.attach("wan").expect_err("a new block without etcd");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("network wan needs a new block but etcd is unreachable"),
+        "{e}"
+    );
+    assert!(
+        e.contains("this host has 0 of 8 addresses free in its 1 blocks"),
+        "{e}"
+    );
+    // Releases work locally, and free room for the next attach.
+    let gone = live.remove(0);
+    h0.ok(&["detach", "--id", &gone.id]);
+    live.push(h0.attach("wan").expect("attach into the freed address"));
+    // The other host still has room in its block.
+    live.push(h1.attach("wan").expect("h1 inside its block"));
+    etcd.restart();
+    let more = h0.attach("wan").expect("a new block once etcd is back");
+    let blocks = etcd_blocks(&lan, &etcd, "wan");
+    assert_eq!(
+        blocks.values().filter(|h| **h == h0.id).count(),
+        2,
+        "{blocks:?}"
+    );
+    live.push(more);
+    for h in &lan.hosts {
+        assert_leases_in_own_blocks(&lan, &etcd, "wan", h);
+    }
+    assert_distinct(&live);
+    lan.assert_unique_on_wire(&live);
+}
+
+#[test]
+fn a_forgotten_hosts_blocks_go_to_the_others() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0", "lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "pool",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let [h0, h1, h2] = [&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]];
+    let (gone, failed) = split(h2.attach_many("pool", 16));
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut live = Vec::new();
+    for h in [h0, h1] {
+        let (ok, failed) = split(h.attach_many("pool", 8));
+        assert!(failed.is_empty(), "{failed:?}");
+        live.extend(ok);
+    }
+    let e = h0.attach("pool").expect_err("the range is full");
+    assert!(
+        e.contains("no free address in 192.168.33.0/27 of pool"),
+        "{e}"
+    );
+    // Host 2 dies with its containers; its store still lists their leases.
+    h2.kill_containers();
+    assert_eq!(h2.leased("pool").len(), 16);
+    // Its alive key is still there: forget is refused without --force.
+    let out = h0.netattach(&["host", "forget", &h2.id]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(
+        e.contains(&format!("host {} is alive", h2.id)) && e.contains("--force"),
+        "{e}"
+    );
+    let said = h0.ok(&["host", "forget", "--force", &h2.id]);
+    assert!(said.contains("2 block(s) freed"), "{said}");
+    assert!(etcd_blocks(&lan, &etcd, "pool")
+        .values()
+        .all(|h| *h != h2.id));
+    // Its blocks are the others' now: 16 more attaches fit.
+    let freed: BTreeSet<String> = gone.iter().map(|a| a.address.clone()).collect();
+    let mut reused = 0;
+    for h in [h0, h1] {
+        let (ok, failed) = split(h.attach_many("pool", 8));
+        assert!(failed.is_empty(), "{failed:?}");
+        reused += ok.iter().filter(|a| freed.contains(&a.address)).count();
+        live.extend(ok);
+        assert_leases_in_own_blocks(&lan, &etcd, "pool", h);
+    }
+    assert_eq!(reused, 16);
+    // host ls no longer lists it.
+    let ls = h0.ok(&["host", "ls", "pool"]);
+    assert!(!ls.contains(&h2.id), "{ls}");
+    assert_distinct(&live);
+    lan.assert_unique_on_wire(&live);
+}
+
+#[test]
+fn a_shared_network_attaches_on_another_host_with_its_own_parent() {
+    let Some((lan, etcd)) = setup(&["lan0", "uplink"]) else {
+        return;
+    };
+    let url = etcd.url();
+    lan.share(&etcd, "corp", &[]);
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    // The definition in etcd has no parent and no endpoints.
+    let kv = etcd_range(&lan, &etcd, "/netattach/v1/networks/corp/config")
+        .pop()
+        .expect("P/config");
+    let config: Value = serde_json::from_slice(&kv.value).unwrap();
+    assert!(config.get("parent").is_none(), "{config}");
+    assert!(config["shared"].get("etcd").is_none(), "{config}");
+    // Host 1's local definition: its own parent, the endpoints.
+    let def: Value = serde_json::from_str(&h1.ok(&["network", "inspect", "corp"])).unwrap();
+    assert_eq!(def[0]["parent"], "uplink");
+    assert_eq!(def[0]["shared"]["etcd"][0], url.as_str());
+    let a = h1.attach("corp").expect("attach on the joining host");
+    assert!(
+        common::ping_from(&a.ns, GW),
+        "no ping from {} to the gateway",
+        a.address
+    );
+    let b = h0.attach("corp").expect("attach on the creating host");
+    assert!(
+        common::ping_from(&b.ns, &a.address),
+        "{} cannot reach {}",
+        b.address,
+        a.address
+    );
+    for h in &lan.hosts {
+        assert_leases_in_own_blocks(&lan, &etcd, "corp", h);
+    }
+    // Joining again with the same store is a no-op.
+    h1.join(&url, "corp");
+    // Host 1 with a lost store (fresh dirs), same host id.
+    let fresh = TempDir::new(&format!("netattach-mh-{}-fresh", lan.tag));
+    let with_fresh_dirs = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", h1.ns.path_str()))
+            .arg(common::bin())
+            .arg("--config-dir")
+            .arg(fresh.path().join("config"))
+            .arg("--state-dir")
+            .arg(fresh.path().join("state"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let parent = format!("parent={}", h1.parent);
+    // Its old incarnation's blocks may hold live addresses: refused until forgotten.
+    let out = with_fresh_dirs(&[
+        "network",
+        "join",
+        "--etcd",
+        &url,
+        "--host-id",
+        &h1.id,
+        "-o",
+        &parent,
+        "corp",
+    ]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(
+        e.contains("already a member") && e.contains("host forget"),
+        "{e}"
+    );
+    // The definition in etcd is written once.
+    let out = with_fresh_dirs(&[
+        "network",
+        "create",
+        "--etcd",
+        &url,
+        "--host-id",
+        "newcomer",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        GW,
+        "-o",
+        &parent,
+        "corp",
+    ]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(e.contains("network corp is already defined in etcd"), "{e}");
+    // join needs this host's parent.
+    let out = with_fresh_dirs(&[
+        "network",
+        "join",
+        "--etcd",
+        &url,
+        "--host-id",
+        "newcomer",
+        "corp",
+    ]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(e.contains("-o parent=INTERFACE is required"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
+
+#[test]
+fn etcd_killed_while_attaches_run() {
+    let Some((lan, mut etcd)) = setup(&["lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "mid",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let h0 = &lan.hosts[0];
+    let first = h0.attach("mid").expect("attach with etcd up");
+    // 24 attaches, 16 at once; etcd dies once 4 of them hold an address.
+    let (results, killed_after) = std::thread::scope(|s| {
+        let batch = s.spawn(|| h0.attach_many("mid", 24));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h0.leased("mid").len() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        etcd.kill();
+        let killed_after = h0.leased("mid").len();
+        (batch.join().unwrap(), killed_after)
+    });
+    let (ok, failed) = split(results);
+    assert_eq!(ok.len() + failed.len(), 24);
+    // What was claimed when etcd died is used up: at least the first block.
+    assert!(ok.len() + 1 >= 8, "only {} attached", ok.len());
+    assert!(ok.len() + 1 >= killed_after);
+    // Every failure came once the host's blocks were full, in one line.
+    assert!(
+        !failed.is_empty(),
+        "24 fitted in blocks claimed before the kill"
+    );
+    for e in &failed {
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.contains("network mid"), "{e}");
+        assert!(e.contains("etcd"), "{e}");
+        if e.contains("needs a new block") {
+            assert!(e.contains("this host has 0 of"), "{e}");
+        }
+    }
+    etcd.restart();
+    let again = h0.attach("mid").expect("a claim once etcd is back");
+    let mut live = ok;
+    live.push(first);
+    live.push(again);
+    assert_leases_in_own_blocks(&lan, &etcd, "mid", h0);
+    assert_distinct(&live);
+    lan.assert_unique_on_wire(&live);
+}
