@@ -3,6 +3,7 @@
 //! multi-host protocol relies on (docs/multi-host.md), leases, deadlines on
 //! dead and silent endpoints, failover, and etcd killed and restarted.
 
+mod common;
 mod etcd_harness;
 
 use std::net::TcpListener;

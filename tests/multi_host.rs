@@ -336,7 +336,7 @@ fn setup(parents: &[&str]) -> Option<(Lan, Etcd)> {
             common::have("arping"),
             "arping (iputils-arping) is not installed",
         )
-        || etcd_harness::skip_unless(
+        || common::skip_unless(
             etcd_harness::etcd_binary().is_some(),
             "needs etcd 3.4 (apt-get install etcd-server)",
         )

@@ -4,6 +4,7 @@
 //! the test process dies: `PR_SET_PDEATHSIG`).
 //!
 //! ```ignore
+//! mod common; // the harness skips through common::skip_unless
 //! mod etcd_harness;
 //! let Some(etcd) = etcd_harness::Etcd::start_or_skip() else { return };
 //! let client = netattach::etcd::Client::new(&[etcd.url()], Default::default()).unwrap();
@@ -34,19 +35,6 @@ pub fn etcd_binary() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|d| d.join("etcd"))
         .find(|p| p.is_file())
-}
-
-/// Like `common::skip_unless`: true (after `SKIP:`) when the test must
-/// return early; a panic instead under `NETATTACH_TESTS_STRICT=1`.
-pub fn skip_unless(ok: bool, reason: &str) -> bool {
-    if ok {
-        return false;
-    }
-    if std::env::var("NETATTACH_TESTS_STRICT").is_ok_and(|v| v == "1") {
-        panic!("prerequisite missing (NETATTACH_TESTS_STRICT=1): {reason}");
-    }
-    eprintln!("SKIP: {reason}");
-    true
 }
 
 /// A port nobody listens on right now (bound then released).
@@ -92,7 +80,7 @@ impl Etcd {
     /// Starts etcd, or returns `None` after `SKIP:` when it is not installed.
     pub fn start_or_skip() -> Option<Etcd> {
         let binary = etcd_binary();
-        if skip_unless(
+        if crate::common::skip_unless(
             binary.is_some(),
             "needs etcd 3.4 (apt-get install etcd-server)",
         ) {
@@ -105,7 +93,7 @@ impl Etcd {
     /// and listens on `ip` there (one of that namespace's addresses).
     pub fn start_in_netns_or_skip(netns: &str, ip: &str) -> Option<Etcd> {
         let binary = etcd_binary();
-        if skip_unless(
+        if crate::common::skip_unless(
             binary.is_some(),
             "needs etcd 3.4 (apt-get install etcd-server)",
         ) {
