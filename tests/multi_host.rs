@@ -148,7 +148,7 @@ impl Lan {
                 s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(a) = attached.get(i) else { break };
-                    let answers = arp_answerers(&self.ns.name, &a.address);
+                    let answers = common::arp_answerers_from(&self.ns.name, "br0", 2, &a.address);
                     if answers != BTreeSet::from([a.mac.clone()]) {
                         wrong.lock().unwrap().push(format!(
                             "{} of {}: answered by {answers:?}, expected {}",
@@ -274,20 +274,6 @@ impl Host {
     fn kill_containers(&self) {
         self.containers.lock().unwrap().clear();
     }
-}
-
-/// The MACs that answer an ARP request for `addr` from the LAN's bridge.
-fn arp_answerers(lan_ns: &str, addr: &str) -> BTreeSet<String> {
-    let out = common::exec_in(lan_ns, &["arping", "-c", "2", "-w", "2", "-I", "br0", addr]);
-    common::stdout(&out)
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| {
-            let open = l.find('[')?;
-            let close = l[open..].find(']')? + open;
-            Some(l[open + 1..close].to_ascii_lowercase())
-        })
-        .collect()
 }
 
 /// etcd's keys under `prefix`, read from the LAN's namespace.

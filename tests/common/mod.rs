@@ -565,10 +565,14 @@ pub fn assert_bare(ns: &Netns) {
 /// The distinct MACs (lower case) that answer an ARP request for `addr`
 /// sent from the fake LAN's gateway netns (three requests, 3 s at most).
 pub fn arp_answerers(lan: &FakeLan, addr: &str) -> BTreeSet<String> {
-    let out = exec_in(
-        lan.ext_ns(),
-        &["arping", "-c", "3", "-w", "3", "-I", "gw0", addr],
-    );
+    arp_answerers_from(lan.ext_ns(), "gw0", 3, addr)
+}
+
+/// The distinct MACs (lower case) that answer `count` ARP requests for
+/// `addr` sent on `iface` of netns `ns` (`count` seconds at most).
+pub fn arp_answerers_from(ns: &str, iface: &str, count: u32, addr: &str) -> BTreeSet<String> {
+    let n = count.to_string();
+    let out = exec_in(ns, &["arping", "-c", &n, "-w", &n, "-I", iface, addr]);
     // Lines look like: "Unicast reply from 192.168.32.50 [02:00:00:00:00:51]  0.6ms"
     stdout(&out)
         .lines()
