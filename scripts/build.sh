@@ -14,10 +14,10 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 # build scripts and proc macros (which cannot be static).
 # relocation-model=static links a fixed-address executable instead of a
 # static PIE: a static PIE relocates itself (some 17,000 pointers) at every
-# start, which costs a hook ~0.25 ms per container start (BENCHMARKS.md). The
+# start, which costs a hook ~0.22 ms per container start (BENCHMARKS.md). The
 # price is no address randomization of the executable's own code and data
-# (its stack, heap and mappings are still randomized), as with Go's static
-# binaries such as the CNI plugins.
+# (its stack, heap and mappings are still randomized); Debian's CNI plugins
+# are fixed-address executables too.
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
     cargo build --release --quiet --target "$triple" >&2
 echo "$repo/target/$triple/release/netattach"
