@@ -66,9 +66,8 @@ fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     // asynchronous) and once the lower free numbers are taken: namespaces
     // that get a lower number are kept until then, filling those holes.
     // The kernel cleans up deleted namespaces in batches, behind every one
-    // deleted before: after a test that removed hundreds (tests/multi_host.rs
-    // runs just before this one) that takes minutes on two CPUs. Probing
-    // slowly keeps this loop from adding much to that queue.
+    // deleted before. Probing slowly keeps this loop from adding much to that
+    // queue.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let mut fillers = Vec::new();
     let reused = loop {
