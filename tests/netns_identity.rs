@@ -16,6 +16,18 @@ fn inode_of(ns: &common::Netns) -> u64 {
     std::fs::metadata(&ns.path).unwrap().ino()
 }
 
+/// UTS namespaces kept by bind mounts on these files, unmounted on drop
+/// (also when the test fails).
+struct Pinned(Vec<std::path::PathBuf>);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let _ = common::run("umount", &[file.to_str().unwrap()]);
+        }
+    }
+}
+
 #[test]
 fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     if common::skip_unless_root() {
@@ -61,34 +73,46 @@ fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     );
     drop(gone);
 
-    // The kernel hands out the lowest free inode number, so a later
-    // namespace gets the gone one's back once it is cleaned up (which is
-    // asynchronous) and once the lower free numbers are taken: namespaces
-    // that get a lower number are kept until then, filling those holes.
-    // The kernel cleans up deleted namespaces in batches, behind every one
-    // deleted before. Probing slowly keeps this loop from adding much to that
-    // queue.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let mut fillers = Vec::new();
-    let reused = loop {
-        let ns = lan.container_ns(&format!("r{}", fillers.len()));
-        let got = inode_of(&ns);
-        if got == inode {
-            break ns;
-        }
+    // The kernel hands out the lowest free inode number (one pool for every
+    // kind of namespace and every /proc entry). A new network namespace takes
+    // its own number first, then dozens more for its /proc/net entries, so
+    // the holes below the gone one's number are filled with UTS namespaces,
+    // which take exactly one each (kept by a bind mount on a file). Once one
+    // of them gets the gone number (the gone namespace's clean-up is
+    // asynchronous: until then they get higher ones), it is let go and the
+    // next network namespace takes that number.
+    let holes = common::TempDir::new(&format!("netattach-test-{}-uts", common::unique_tag()));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut fillers = Pinned(Vec::new());
+    loop {
+        let file = holes.0.join(format!("uts{}", fillers.0.len()));
+        std::fs::write(&file, "").unwrap();
+        let pin = format!("--uts={}", file.display());
+        common::run_ok("unshare", &[&pin, "true"]);
+        use std::os::unix::fs::MetadataExt;
+        let got = std::fs::metadata(&file).unwrap().ino();
         if got < inode {
-            fillers.push(ns);
-        } else {
-            drop(ns);
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            fillers.0.push(file);
+            continue;
         }
+        common::run_ok("umount", &[file.to_str().unwrap()]);
+        if got == inode {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(
-            std::time::Instant::now() < until && fillers.len() < 512,
-            "no new namespace got inode {inode} back within 300 s ({} lower ones taken)",
-            fillers.len()
+            std::time::Instant::now() < until && fillers.0.len() < 4096,
+            "inode {inode} did not come free within 120 s ({} lower ones filled)",
+            fillers.0.len()
         );
-    };
+    }
+    let reused = lan.container_ns("reused");
     drop(fillers);
+    assert_eq!(
+        inode_of(&reused),
+        inode,
+        "the new namespace took the gone one's number"
+    );
     assert_eq!(
         lo_alias(&reused),
         Value::Null,
