@@ -11,6 +11,8 @@ use common::{assert_bare, FakeLan};
 use serde_json::Value;
 
 /// The inode number of a namespace (what `/proc/PID/ns/net` shows).
+use std::time::Duration;
+
 fn inode_of(ns: &common::Netns) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(&ns.path).unwrap().ino()
@@ -74,45 +76,25 @@ fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     drop(gone);
 
     // The kernel hands out the lowest free inode number (one pool for every
-    // kind of namespace and every /proc entry). A new network namespace takes
-    // its own number first, then dozens more for its /proc/net entries, so
-    // the holes below the gone one's number are filled with UTS namespaces,
-    // which take exactly one each (kept by a bind mount on a file). Once one
-    // of them gets the gone number (the gone namespace's clean-up is
-    // asynchronous: until then they get higher ones), it is let go and the
-    // next network namespace takes that number.
-    let holes = common::TempDir::new(&format!("netattach-test-{}-uts", common::unique_tag()));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let mut fillers = Pinned(Vec::new());
-    loop {
-        let file = holes.0.join(format!("uts{}", fillers.0.len()));
-        std::fs::write(&file, "").unwrap();
-        let pin = format!("--uts={}", file.display());
-        common::run_ok("unshare", &[&pin, "true"]);
-        use std::os::unix::fs::MetadataExt;
-        let got = std::fs::metadata(&file).unwrap().ino();
-        if got < inode {
-            fillers.0.push(file);
-            continue;
+    // kind of namespace and every /proc entry), so a later namespace gets the
+    // gone one's back once it is cleaned up (asynchronously) and the lower
+    // free numbers are taken: first, network namespaces that get a lower
+    // number are kept, filling those holes. A network namespace also takes
+    // dozens of numbers for its /proc/net entries, and in a pool that other
+    // tests left fragmented one of those can take the gone number and keep
+    // it; then the holes are filled again with UTS namespaces (one number
+    // each, pinned by a bind mount), the one that lands on the gone number
+    // is let go, and the next network namespace takes it.
+    let reused = match reuse_by_netns(&lan, inode, "r", Duration::from_secs(10)) {
+        Some(ns) => ns,
+        None => {
+            let holes =
+                common::TempDir::new(&format!("netattach-test-{}-uts", common::unique_tag()));
+            let _fillers = fill_below_with_uts(&holes, inode);
+            reuse_by_netns(&lan, inode, "s", Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("no new namespace got inode {inode} back"))
         }
-        common::run_ok("umount", &[file.to_str().unwrap()]);
-        if got == inode {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(
-            std::time::Instant::now() < until && fillers.0.len() < 4096,
-            "inode {inode} did not come free within 120 s ({} lower ones filled)",
-            fillers.0.len()
-        );
-    }
-    let reused = lan.container_ns("reused");
-    drop(fillers);
-    assert_eq!(
-        inode_of(&reused),
-        inode,
-        "the new namespace took the gone one's number"
-    );
+    };
     assert_eq!(
         lo_alias(&reused),
         Value::Null,
@@ -136,4 +118,54 @@ fn a_new_namespace_with_a_gone_ones_inode_is_told_apart() {
     lan.netattach_ok(&["detach", "--id", "new"]);
     assert!(lan.addresses_of("new").is_empty());
     assert_bare(&reused);
+}
+
+/// A new network namespace with inode number `inode`, made within `wait`:
+/// those that get a lower number are kept until then, higher ones let go.
+fn reuse_by_netns(lan: &FakeLan, inode: u64, tag: &str, wait: Duration) -> Option<common::Netns> {
+    let until = std::time::Instant::now() + wait;
+    let mut lower = Vec::new();
+    while std::time::Instant::now() < until && lower.len() < 512 {
+        let ns = lan.container_ns(&format!("{tag}{}", lower.len()));
+        let got = inode_of(&ns);
+        if got == inode {
+            return Some(ns);
+        }
+        if got < inode {
+            lower.push(ns);
+        } else {
+            drop(ns);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    None
+}
+
+/// Fills every free number below `inode` with UTS namespaces pinned in
+/// `holes`, and leaves `inode` itself free.
+fn fill_below_with_uts(holes: &common::TempDir, inode: u64) -> Pinned {
+    use std::os::unix::fs::MetadataExt;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut fillers = Pinned(Vec::new());
+    loop {
+        let file = holes.0.join(format!("uts{}", fillers.0.len()));
+        std::fs::write(&file, "").unwrap();
+        let pin = format!("--uts={}", file.display());
+        common::run_ok("unshare", &[&pin, "sh", "-c", ":"]);
+        let got = std::fs::metadata(&file).unwrap().ino();
+        if got < inode {
+            fillers.0.push(file);
+            continue;
+        }
+        common::run_ok("umount", &[file.to_str().unwrap()]);
+        if got == inode {
+            return fillers;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::time::Instant::now() < until && fillers.0.len() < 4096,
+            "inode {inode} did not come free within 60 s ({} lower ones filled)",
+            fillers.0.len()
+        );
+    }
 }

@@ -45,6 +45,8 @@ done
 ln -s /bin/busybox "$root/usr/bin/env"
 copy_with_libs "$(command -v ip)" /usr/sbin/ip
 copy_with_libs "$(command -v nsenter)" /usr/bin/nsenter
+# unshare --uts=FILE: tests/netns_identity.rs pins namespaces with it.
+copy_with_libs "$(command -v unshare)" /usr/bin/unshare
 copy_with_libs "$(command -v ping)" /usr/bin/ping
 # kmod's modprobe: the kernel calls it to load ipvlan or 8021q on demand.
 copy_with_libs "$(command -v modprobe || echo /usr/sbin/modprobe)" /sbin/modprobe
