@@ -23,7 +23,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 const RESERVE_DIVISOR: u32 = 4;
 
 /// An instant by which every wait must have ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline {
     at: Instant,
 }

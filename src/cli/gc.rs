@@ -6,8 +6,8 @@ use clap::Args;
 use super::Context;
 use crate::netlink::Netlink;
 
-/// The longest gc waits for etcd to accept a due heartbeat.
-const HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest each of gc's etcd steps may take for one shared network.
+const ETCD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -20,7 +20,8 @@ pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
     let store = ctx.store()?;
     let freed = crate::gc::collect(&store)?;
     let vlans = crate::vlan::prune(&mut Netlink::open()?, &store, &ctx.networks())?;
-    // Shared networks: gc is one of the moments a due heartbeat is sent.
+    // Shared networks: a due heartbeat, the local blocks checked against
+    // etcd's, and empty blocks whose return etcd missed sent back.
     let shared: Vec<String> = ctx
         .networks()
         .list()?
@@ -29,8 +30,8 @@ pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
         .filter(|n| n.shared.is_some())
         .map(|n| n.name)
         .collect();
-    for problem in store.heartbeats_due(&shared, HEARTBEAT_WAIT) {
-        eprintln!("netattach: {problem}");
+    for line in store.upkeep(&shared, ETCD_WAIT, false) {
+        eprintln!("netattach: {line}");
     }
     if args.json {
         let report = serde_json::json!({ "freed": freed, "removed_vlans": vlans });

@@ -34,9 +34,15 @@ pub enum NetworkCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove networks that nothing is attached to.
+    /// Remove networks that nothing is attached to; this host leaves a
+    /// shared one (its blocks go back to etcd).
     #[command(alias = "remove")]
     Rm {
+        /// Remove a shared network here even when etcd cannot be told: this
+        /// host's blocks stay claimed until another host runs `netattach
+        /// host forget` for it.
+        #[arg(long)]
+        force: bool,
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -179,7 +185,7 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             println!("{}", serde_json::to_string_pretty(&nets)?);
         }
-        NetworkCommand::Rm { names } => {
+        NetworkCommand::Rm { force, names } => {
             let store = ctx.store()?;
             let attachments = store.attachments()?;
             for name in &names {
@@ -193,6 +199,11 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
                 }
             }
             for name in names {
+                if let Ok(net) = dir.load(&name) {
+                    if net.shared.is_some() {
+                        leave(&store, &net, force)?;
+                    }
+                }
                 dir.remove(&name)?;
                 println!("{name}");
             }
@@ -212,6 +223,28 @@ fn net_endpoints(net: &Network) -> Vec<String> {
         .as_ref()
         .map(|s| s.etcd.clone())
         .unwrap_or_default()
+}
+
+/// This host leaves a shared network before its definition goes: with
+/// `force`, also when etcd cannot be told (the local record goes anyway).
+fn leave(store: &crate::ipam::store::Store, net: &Network, force: bool) -> Result<()> {
+    match shared::leave(store.local(), net, Deadline::after(ETCD_WAIT)) {
+        Ok(()) => Ok(()),
+        // Leases left are never overridden: `rm` checked for attachments.
+        Err(e) if force && store.leases(Some(&net.name))?.is_empty() => {
+            eprintln!(
+                "netattach: {e:#}; removed here anyway: this host's blocks of {} stay claimed \
+                 in etcd until another host runs `netattach host forget`",
+                net.name
+            );
+            store.local().record_left(&net.name)?;
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!(
+            "network {}: this host could not leave it in etcd (--force removes it here anyway)",
+            net.name
+        ))),
+    }
 }
 
 /// A shared network's definition must not clash with a local one: checked

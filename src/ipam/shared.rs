@@ -8,10 +8,9 @@
 //! transaction of a host compares its epoch (`created(P/hosts/HOST)`), so a
 //! host that `host forget` removed can change nothing under its old epoch.
 //!
-//! Built: join, private blocks (claim; local allocation in `sqlite/blocks.rs`),
-//! heartbeat and fence, forget, listing. Not built yet: lending (shared
-//! blocks, address keys, borrowing, reclaim), returning empty blocks, and
-//! reconciling a claim whose answer was lost and could not be read back.
+//! Built: join and leave, private blocks (claim, return, reconcile; local
+//! allocation in `sqlite/blocks.rs`), heartbeat and fence, forget, listing.
+//! Not built yet: lending (shared blocks, address keys, borrowing, reclaim).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -430,6 +429,180 @@ pub fn heartbeat_if_due(
         return Ok(false);
     }
     heartbeat(store, net, Deadline::after(wait)).map(|()| true)
+}
+
+/// Returns this host's `returning` blocks of `net` to etcd (docs/multi-host.md,
+/// "return an empty block"): each block key is deleted only if it is still
+/// this host's under its epoch, unchanged since this host wrote it; then the
+/// local row goes. A block etcd no longer gives this host is dropped here
+/// too. What etcd does not answer stays queued (the row) for the next
+/// heartbeat or `gc`. Returns how many blocks went back.
+pub fn return_blocks(
+    store: &SqliteStore,
+    net: &Network,
+    until: Deadline,
+) -> Result<usize, IpamError> {
+    let name = &net.name;
+    let shared = shared_of(net)?;
+    let st = member(store, name)?;
+    let queued: Vec<_> = store
+        .block_fills(name)?
+        .into_iter()
+        .filter(|b| b.state == super::sqlite::RETURNING)
+        .collect();
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let fail = |e: etcd::Error| {
+        IpamError::Shared(format!(
+            "network {name}: {} empty block(s) wait to go back to etcd: {e}",
+            queued.len()
+        ))
+    };
+    let client = || client_until(&shared.etcd, until).map_err(fail);
+    let host_key = key(name, &format!("hosts/{}", st.host));
+    let ours = |kv: &KeyValue| {
+        let v = json_of(kv);
+        v["host"] == st.host.as_str() && v["epoch"] == st.epoch
+    };
+    let mut returned = 0;
+    for b in &queued {
+        let bkey = block_key(name, b.block);
+        let answer = client()?.txn(
+            &[
+                Compare::created_at(host_key.clone(), st.epoch),
+                Compare::mod_is(bkey.clone(), b.revision),
+            ],
+            &[Op::delete(bkey.clone())],
+            &[Op::get(host_key.clone()), Op::get(bkey.clone())],
+        );
+        let gone = match answer {
+            Ok(r) if r.succeeded => true,
+            Ok(r) => {
+                if !epoch_holds(r.results.first(), st.epoch) {
+                    store.mark_forgotten(name, st.epoch)?;
+                    return Err(super::sqlite::forgotten_error(name, &st.host));
+                }
+                // Changed since this host wrote it: gone or not ours is
+                // done; still ours (written elsewhere?) is left to `gc`.
+                match r.results.get(1) {
+                    Some(OpResult::Range(got)) => got.kvs.first().is_none_or(|kv| !ours(kv)),
+                    _ => false,
+                }
+            }
+            Err(e) if e.not_applied() => return Err(fail(e)),
+            // The answer was lost: done if etcd no longer has it as ours.
+            Err(_) => client()?
+                .get(&bkey)
+                .map_err(fail)?
+                .is_none_or(|kv| !ours(&kv)),
+        };
+        if gone {
+            store.drop_returned_block(name, b.block)?;
+            returned += 1;
+        }
+    }
+    Ok(returned)
+}
+
+/// What [`reconcile`] found and did, one line each.
+pub type Findings = Vec<String>;
+
+/// Makes this host's local blocks agree with etcd's (docs/multi-host.md,
+/// "reconcile"), at `gc`: a block etcd gives this host under its epoch that
+/// the local store does not know (a claim whose answer was lost) is taken
+/// as private: nothing was ever allocated in it. A `returning` block that
+/// etcd no longer gives this host is dropped; a private one is reported (it
+/// cannot happen while the epoch holds).
+pub fn reconcile(
+    store: &SqliteStore,
+    net: &Network,
+    until: Deadline,
+) -> Result<Findings, IpamError> {
+    let name = &net.name;
+    let shared = shared_of(net)?;
+    let st = member(store, name)?;
+    let fail = |e: etcd::Error| IpamError::Shared(format!("network {name}: reconcile: {e}"));
+    let client = client_until(&shared.etcd, until).map_err(fail)?;
+    let strip = key(name, "blocks/").len();
+    let mut in_etcd: BTreeMap<IpNet, i64> = BTreeMap::new();
+    for kv in client.get_prefix(&key(name, "blocks/")).map_err(fail)?.kvs {
+        let v = json_of(&kv);
+        if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
+            let bname = String::from_utf8_lossy(&kv.key[strip..]).into_owned();
+            if let Some(block) = parse_block_name(&bname) {
+                in_etcd.insert(block, kv.mod_revision);
+            }
+        }
+    }
+    let local = store.block_fills(name)?;
+    let mut found = Vec::new();
+    for (&block, &revision) in &in_etcd {
+        if !local.iter().any(|b| b.block == block)
+            && store.record_block(name, st.epoch, block, revision)?
+        {
+            found.push(format!(
+                "network {name}: block {block} is this host's in etcd but was not recorded here                  (a claim whose answer was lost): taken up"
+            ));
+        }
+    }
+    for b in local.iter().filter(|b| !in_etcd.contains_key(&b.block)) {
+        if b.state == super::sqlite::RETURNING {
+            store.drop_returned_block(name, b.block)?;
+        } else {
+            found.push(format!(
+                "network {name}: block {} ({}) is this host's here but not in etcd;                  {} lease(s) in it",
+                b.block, b.state, b.used
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Takes this host out of a shared network it has no lease in
+/// (`network rm`): its blocks go back, then its host, alive and wants keys
+/// are deleted under its epoch and its alive lease is revoked; last, the
+/// local membership goes. Refused while leases remain. A host that was
+/// forgotten only drops its local record.
+pub fn leave(store: &SqliteStore, net: &Network, until: Deadline) -> anyhow::Result<()> {
+    let name = &net.name;
+    let Some(st) = store.shared_state(name)? else {
+        return Ok(());
+    };
+    if st.forgotten {
+        store.record_left(name)?;
+        return Ok(());
+    }
+    if let Err(n) = store.begin_leave(name)? {
+        bail!("network {name} still has {n} lease(s) on this host; release them first");
+    }
+    let shared = shared_of(net)?;
+    return_blocks(store, net, until)?;
+    let left = store.block_fills(name)?;
+    if !left.is_empty() {
+        bail!(
+            "network {name}: {} block(s) of this host could not be returned to etcd; run it again",
+            left.len()
+        );
+    }
+    let client = || client_until(&shared.etcd, until);
+    let host_key = key(name, &format!("hosts/{}", st.host));
+    let r = client()?.txn(
+        &[Compare::created_at(host_key.clone(), st.epoch)],
+        &[
+            Op::delete(host_key),
+            Op::delete(key(name, &format!("alive/{}", st.host))),
+            Op::delete(key(name, &format!("wants/{}", st.host))),
+        ],
+        &[],
+    )?;
+    if r.succeeded {
+        // Its alive key is gone already; the lease would only expire later.
+        let _ = client().map(|c| c.lease_revoke(st.lease));
+    }
+    // Not succeeded: the host was forgotten meanwhile; nothing is its own.
+    store.record_left(name)?;
+    Ok(())
 }
 
 /// The definition as it is written to `P/config`: no parent (each host has

@@ -86,7 +86,7 @@ use crate::request::MacAddr;
 use crate::sharing::LinkSpec;
 
 mod blocks;
-pub use blocks::{forgotten_error, BlockFill, SharedState};
+pub use blocks::{forgotten_error, BlockFill, SharedState, RETURNING};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "leases.db";
@@ -261,6 +261,9 @@ pub struct SqliteStore {
     deadline: Arc<Mutex<Option<Deadline>>>,
     /// WAL size past which closing the store folds the WAL.
     fold_at: AtomicU64,
+    /// Shared networks in which a release made blocks `returning`, for the
+    /// caller to return to etcd (`take_returning`).
+    returning: Mutex<Vec<String>>,
 }
 
 /// Holds the write queue's flock; released on drop.
@@ -515,6 +518,7 @@ impl SqliteStore {
             queue_path,
             deadline,
             fold_at: AtomicU64::new(WAL_FOLD_BYTES),
+            returning: Mutex::new(Vec::new()),
         })
     }
 
@@ -786,6 +790,21 @@ fn sort_leases(mut leases: Vec<Lease>) -> Vec<Lease> {
 }
 
 /// Runs a `DELETE ... RETURNING <lease columns>` and collects the leases.
+impl SqliteStore {
+    /// Commits a release: on shared networks, the blocks it emptied are
+    /// marked for return in the same transaction (see
+    /// `blocks::mark_empty_blocks`), and noted for the caller once committed.
+    fn commit_release(&self, tx: Transaction<'_>, freed: &[Lease]) -> Result<(), IpamError> {
+        let mut networks: Vec<&str> = freed.iter().map(|l| l.network.as_str()).collect();
+        networks.sort_unstable();
+        networks.dedup();
+        let marked = blocks::mark_empty_blocks(&tx, &networks)?;
+        tx.commit().map_err(db)?;
+        self.note_returning(marked);
+        Ok(())
+    }
+}
+
 fn delete_leases(
     tx: &Transaction<'_>,
     sql: &str,
@@ -1143,7 +1162,7 @@ impl LeaseStore for SqliteStore {
                 .and_then(|mut s| s.execute(params![owner, network]))
                 .map_err(db)?;
         }
-        tx.commit().map_err(db)?;
+        self.commit_release(tx, &freed)?;
         Ok(sort_leases(freed))
     }
 
@@ -1160,7 +1179,7 @@ impl LeaseStore for SqliteStore {
         tx.prepare_cached("DELETE FROM attachments WHERE owner = ?1")
             .and_then(|mut s| s.execute([owner]))
             .map_err(db)?;
-        tx.commit().map_err(db)?;
+        self.commit_release(tx, &freed)?;
         Ok(sort_leases(freed))
     }
 
@@ -1186,7 +1205,7 @@ impl LeaseStore for SqliteStore {
             )
             .map_err(db)?;
         }
-        tx.commit().map_err(db)?;
+        self.commit_release(tx, &freed)?;
         Ok(freed.into_iter().next())
     }
 

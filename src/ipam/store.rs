@@ -92,20 +92,74 @@ impl Store {
             .map_err(|e| IpamError::Store(format!("network {network}: {e}")))
     }
 
-    /// A heartbeat for each shared network that is due one; failures are
-    /// returned as lines for the caller to log (they stop nothing: the
-    /// fence lasts `hold`).
-    pub fn heartbeats_due(&self, networks: &[String], wait: std::time::Duration) -> Vec<String> {
+    /// A heartbeat for each shared network that is due one (every one
+    /// with `every_time`); after one that etcd accepted, the blocks queued
+    /// for return go back. Failures are returned as lines for the caller to
+    /// log (they stop nothing: the fence lasts `hold`).
+    pub fn heartbeats(
+        &self,
+        networks: &[String],
+        wait: std::time::Duration,
+        every_time: bool,
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         for name in networks {
-            let result = self
-                .definition(name)
-                .and_then(|net| shared::heartbeat_if_due(&self.local, &net, wait));
+            let result = self.definition(name).and_then(|net| {
+                let sent = if every_time {
+                    shared::heartbeat(&self.local, &net, Deadline::after(wait)).map(|()| true)?
+                } else {
+                    shared::heartbeat_if_due(&self.local, &net, wait)?
+                };
+                if sent {
+                    shared::return_blocks(&self.local, &net, Deadline::after(wait))?;
+                }
+                Ok(())
+            });
             if let Err(e) = result {
                 problems.push(e.to_string());
             }
         }
         problems
+    }
+
+    /// The upkeep of shared networks (`gc`, and the NRI plugin's etcd
+    /// thread): a heartbeat (if due, or `every_time`), then the local blocks
+    /// made to agree with etcd and the queued ones returned, within `wait`
+    /// each. What was found or failed comes back as lines to log.
+    pub fn upkeep(
+        &self,
+        networks: &[String],
+        wait: std::time::Duration,
+        every_time: bool,
+    ) -> Vec<String> {
+        let mut lines = self.heartbeats(networks, wait, every_time);
+        for name in networks {
+            let result = self.definition(name).and_then(|net| {
+                lines.extend(shared::reconcile(&self.local, &net, Deadline::after(wait))?);
+                shared::return_blocks(&self.local, &net, Deadline::after(wait))
+            });
+            match result {
+                Ok(0) => {}
+                Ok(n) => lines.push(format!(
+                    "network {name}: {n} empty block(s) returned to etcd"
+                )),
+                Err(e) => lines.push(e.to_string()),
+            }
+        }
+        lines
+    }
+
+    /// After a release: the blocks it emptied go back to etcd within
+    /// [`shared::HEARTBEAT_WAIT`]; what etcd does not take in time stays
+    /// queued for the next heartbeat or `gc`. Nothing to do (the common
+    /// case, and always for networks that are not shared) costs nothing.
+    fn return_emptied(&self) {
+        for name in self.local.take_returning() {
+            let until = Deadline::after(shared::HEARTBEAT_WAIT).min(self.local.deadline());
+            if let Ok(net) = self.definition(&name) {
+                let _ = shared::return_blocks(&self.local, &net, until);
+            }
+        }
     }
 }
 
@@ -159,7 +213,7 @@ impl LeaseStore for Store {
                     if !shared.is_empty() {
                         // At most one attach per 30 s pays this round trip;
                         // a failure stops nothing (the fence lasts `hold`).
-                        let _ = self.heartbeats_due(&shared, shared::HEARTBEAT_WAIT);
+                        let _ = self.heartbeats(&shared, shared::HEARTBEAT_WAIT, false);
                     }
                     return Ok(r);
                 }
@@ -177,15 +231,21 @@ impl LeaseStore for Store {
     }
 
     fn release_networks(&self, owner: &str, networks: &[String]) -> Result<Vec<Lease>, IpamError> {
-        self.local.release_networks(owner, networks)
+        let freed = self.local.release_networks(owner, networks)?;
+        self.return_emptied();
+        Ok(freed)
     }
 
     fn release_owner(&self, owner: &str) -> Result<Vec<Lease>, IpamError> {
-        self.local.release_owner(owner)
+        let freed = self.local.release_owner(owner)?;
+        self.return_emptied();
+        Ok(freed)
     }
 
     fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError> {
-        self.local.release_address(network, address)
+        let freed = self.local.release_address(network, address)?;
+        self.return_emptied();
+        Ok(freed)
     }
 
     fn lease_of(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError> {

@@ -14,6 +14,7 @@
 //! - [`plugin`]: what each NRI request does (attach, release, reconcile).
 //! - [`owners`]: which lease owners this runtime's plugin attached.
 //! - [`run`]: registration, the two ways to run, reconnection.
+//! - [`upkeep`]: the etcd thread of shared networks (heartbeats).
 //! - [`settings`], [`log`]: identity, plugin config file, timestamped log.
 //!
 //! Design: synchronous, threads, no async runtime. The plugin serves one
@@ -39,3 +40,4 @@ pub mod session;
 pub mod settings;
 pub mod ttrpc;
 pub mod turns;
+pub mod upkeep;

@@ -74,6 +74,8 @@ pub struct Plugin {
     paths: Mutex<Paths>,
     store: Mutex<Option<OpenStore>>,
     engine: Turns,
+    /// The etcd thread of shared networks, once started.
+    upkeep: Mutex<Option<super::upkeep::Nudge>>,
 }
 
 impl Plugin {
@@ -82,6 +84,25 @@ impl Plugin {
             paths: Mutex::new(paths),
             store: Mutex::new(None),
             engine: Turns::default(),
+            upkeep: Mutex::new(None),
+        }
+    }
+
+    /// Starts the etcd thread of shared networks (see [`super::upkeep`]).
+    pub fn start_upkeep(self: &Arc<Self>) -> std::io::Result<()> {
+        let plugin = Arc::downgrade(self);
+        let nudge = super::upkeep::start(move || {
+            let paths = plugin.upgrade()?.paths();
+            Some((paths.state_dir, paths.config_dir))
+        })?;
+        *lock(&self.upkeep) = Some(nudge);
+        Ok(())
+    }
+
+    /// Asks the etcd thread for a round now (at `Synchronize`).
+    fn nudge_upkeep(&self) {
+        if let Some(n) = &*lock(&self.upkeep) {
+            n.now();
         }
     }
 
@@ -266,6 +287,7 @@ impl Connection {
             nri_log!(error, "synchronize: {e:#}");
             RpcError::new(code::INTERNAL, format!("netattach: synchronize: {e:#}"))
         })?;
+        self.plugin.nudge_upkeep();
         let (flag, cv) = &self.synchronized;
         *lock(flag) = true;
         cv.notify_all();

@@ -44,6 +44,7 @@ pub struct Options {
 /// runs until killed.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let plugin = Arc::new(Plugin::new(opts.paths));
+    plugin.start_upkeep()?;
     nri_log!(
         info,
         "netattach {} NRI plugin {}-{} starting",

@@ -21,6 +21,9 @@ use crate::ipam::{IpamError, PoolRange};
 const MEMBER: &str = "member";
 const FORGOTTEN: &str = "forgotten";
 const PRIVATE: &str = "private";
+/// A block on its way back to etcd: nothing is allocated in it, and the
+/// row stays until etcd has deleted the block key (the row is the queue).
+pub const RETURNING: &str = "returning";
 
 /// This host's membership of one shared network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,40 +329,146 @@ impl SqliteStore {
 
     /// This host's blocks of `network` and their leases here, by address.
     pub fn block_fills(&self, network: &str) -> Result<Vec<BlockFill>, IpamError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT b.block, b.state, b.revision,
-                        (SELECT count(*) FROM leases l
-                         WHERE l.network = b.network AND l.key >= b.lo AND l.key <= b.hi)
-                 FROM shared_blocks b WHERE b.network = ?1 ORDER BY b.lo",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([network], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(db)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (block, state, revision, used) = row.map_err(db)?;
-            let block = block
-                .parse()
-                .map_err(|_| IpamError::Store(format!("bad block {block:?} in shared_blocks")))?;
-            out.push(BlockFill {
-                block,
-                state,
-                revision,
-                used: used.max(0) as u64,
-            });
-        }
-        Ok(out)
+        fills(&self.conn(), network)
     }
+
+    /// Forgets a block etcd no longer gives this host, if it is on its way
+    /// back (`returning`): nothing was allocated in it since it was marked.
+    pub fn drop_returned_block(&self, network: &str, block: IpNet) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            tx.execute(
+                "DELETE FROM shared_blocks WHERE network = ?1 AND block = ?2 AND state = ?3",
+                params![network, block.to_string(), RETURNING],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The first step of leaving `network`: every block of it becomes
+    /// `returning`, in a transaction that sees no lease in the network.
+    /// Refused (the count) while leases remain.
+    pub fn begin_leave(&self, network: &str) -> Result<Result<(), u64>, IpamError> {
+        self.write_shared(|tx| {
+            let leased: i64 = tx.query_row(
+                "SELECT count(*) FROM leases WHERE network = ?1",
+                [network],
+                |r| r.get(0),
+            )?;
+            if leased > 0 {
+                return Ok(Err(leased as u64));
+            }
+            tx.execute(
+                "UPDATE shared_blocks SET state = ?2 WHERE network = ?1",
+                params![network, RETURNING],
+            )?;
+            Ok(Ok(()))
+        })
+    }
+
+    /// The last step of leaving `network` (or of giving it up without
+    /// etcd): this host's membership and blocks of it are forgotten here.
+    pub fn record_left(&self, network: &str) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            tx.execute("DELETE FROM shared_blocks WHERE network = ?1", [network])?;
+            tx.execute("DELETE FROM shared WHERE network = ?1", [network])?;
+            Ok(())
+        })
+    }
+
+    /// Networks in which a release just made blocks `returning` (see
+    /// [`mark_empty_blocks`]); the caller returns them to etcd.
+    pub fn take_returning(&self) -> Vec<String> {
+        std::mem::take(&mut *self.returning.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(super) fn note_returning(&self, networks: Vec<String>) {
+        if !networks.is_empty() {
+            self.returning
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(networks);
+        }
+    }
+}
+
+fn fills(conn: &Connection, network: &str) -> Result<Vec<BlockFill>, IpamError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT b.block, b.state, b.revision,
+                    (SELECT count(*) FROM leases l
+                     WHERE l.network = b.network AND l.key >= b.lo AND l.key <= b.hi)
+             FROM shared_blocks b WHERE b.network = ?1 ORDER BY b.lo",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map([network], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (block, state, revision, used) = row.map_err(db)?;
+        let block = block
+            .parse()
+            .map_err(|_| IpamError::Store(format!("bad block {block:?} in shared_blocks")))?;
+        out.push(BlockFill {
+            block,
+            state,
+            revision,
+            used: used.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// How many addresses a block spans (its usable ones are a few fewer).
+fn span(block: IpNet) -> u128 {
+    let bits = u32::from(block.max_prefix_len() - block.prefix_len());
+    1u128.checked_shl(bits).unwrap_or(u128::MAX)
+}
+
+/// After a release, in its transaction: the private blocks of the released
+/// leases' networks that are now empty become `returning`, so other hosts
+/// can claim them. One empty block stays when no other block has room, so
+/// that the next attach needs no etcd round trip. Returns the networks with
+/// blocks marked. A network with no blocks (not shared) costs one indexed
+/// read.
+pub(super) fn mark_empty_blocks(
+    tx: &Transaction<'_>,
+    networks: &[&str],
+) -> Result<Vec<String>, IpamError> {
+    let mut marked = Vec::new();
+    for &network in networks {
+        let blocks: Vec<BlockFill> = fills(tx, network)?
+            .into_iter()
+            .filter(|b| b.state == PRIVATE)
+            .collect();
+        let (empty, used): (Vec<&BlockFill>, Vec<&BlockFill>) =
+            blocks.iter().partition(|b| b.used == 0);
+        if empty.is_empty() {
+            continue;
+        }
+        // Room elsewhere, counted on the span: a block a few short of full
+        // by this count only costs the next attach one claim.
+        let room_elsewhere = used.iter().any(|b| u128::from(b.used) < span(b.block));
+        let keep = usize::from(!room_elsewhere);
+        for b in &empty[keep..] {
+            tx.prepare_cached(
+                "UPDATE shared_blocks SET state = ?3 WHERE network = ?1 AND block = ?2",
+            )
+            .and_then(|mut s| s.execute(params![network, b.block.to_string(), RETURNING]))
+            .map_err(db)?;
+        }
+        if empty.len() > keep {
+            marked.push(network.to_string());
+        }
+    }
+    Ok(marked)
 }
 
 #[cfg(test)]
@@ -535,5 +644,74 @@ mod tests {
             reserve(&s, "b", claim(true, want("192.168.32.20"))).unwrap(),
             vec!["192.168.32.20".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn releases_mark_emptied_blocks_for_return_but_keep_one_with_room() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        s.record_join(&in_fence()).unwrap();
+        let (a, b): (IpNet, IpNet) = (
+            "192.168.32.8/29".parse().unwrap(),
+            "192.168.32.16/29".parse().unwrap(),
+        );
+        s.record_block("lan", 7, a, 1).unwrap();
+        s.record_block("lan", 7, b, 2).unwrap();
+        // 192.168.32.8 .. .15 fill the first block, the ninth goes to the second.
+        for i in 0..9 {
+            reserve(&s, &format!("c{i}"), claim(true, pooled())).unwrap();
+        }
+        let states = |s: &SqliteStore| -> Vec<(IpNet, String, u64)> {
+            s.block_fills("lan")
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.block, f.state, f.used))
+                .collect()
+        };
+        // The second block empties while the first is full: it stays, as
+        // the only room left.
+        s.release_owner("c8").unwrap();
+        assert!(s.take_returning().is_empty());
+        assert_eq!(states(&s)[1], (b, PRIVATE.to_string(), 0));
+        // One address of the first block frees: the empty one goes back.
+        s.release_owner("c0").unwrap();
+        assert_eq!(s.take_returning(), vec!["lan".to_string()]);
+        assert_eq!(states(&s)[1], (b, RETURNING.to_string(), 0));
+        // Nothing is handed out in a returning block.
+        for i in 10..11 {
+            let got = reserve(&s, &format!("c{i}"), claim(true, pooled())).unwrap();
+            assert!(a.contains(&got[0]), "{got:?}");
+        }
+        assert!(matches!(
+            reserve(&s, "c99", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        // Once etcd took it, the row goes.
+        s.drop_returned_block("lan", b).unwrap();
+        assert_eq!(states(&s).len(), 1);
+        // Not for private blocks.
+        s.drop_returned_block("lan", a).unwrap();
+        assert_eq!(states(&s).len(), 1);
+        // Leaving is refused while leases remain, then marks everything.
+        assert_eq!(s.begin_leave("lan").unwrap(), Err(8));
+        for i in (1..8).chain(10..11) {
+            s.release_owner(&format!("c{i}")).unwrap();
+        }
+        // The last block stays private while it is the only one.
+        assert_eq!(states(&s), vec![(a, PRIVATE.to_string(), 0)]);
+        assert_eq!(s.begin_leave("lan").unwrap(), Ok(()));
+        assert_eq!(states(&s), vec![(a, RETURNING.to_string(), 0)]);
+        s.record_left("lan").unwrap();
+        assert!(states(&s).is_empty());
+        assert_eq!(s.shared_state("lan").unwrap(), None);
+    }
+
+    #[test]
+    fn a_network_that_is_not_shared_marks_nothing() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        reserve(&s, "c", claim(false, pooled())).unwrap();
+        s.release_owner("c").unwrap();
+        assert!(s.take_returning().is_empty());
     }
 }
