@@ -740,3 +740,192 @@ fn etcd_killed_while_attaches_run() {
     assert_distinct(&live);
     lan.assert_unique_on_wire(&live);
 }
+
+/// The blocks etcd gives `host` in `network`.
+fn blocks_of(lan: &Lan, etcd: &Etcd, network: &str, host: &Host) -> BTreeSet<Ipv4Net> {
+    etcd_blocks(lan, etcd, network)
+        .into_iter()
+        .filter(|(_, h)| *h == host.id)
+        .map(|(b, _)| b)
+        .collect()
+}
+
+#[test]
+fn emptied_blocks_go_back_and_a_host_that_leaves_frees_everything() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    // 32 addresses in 4 blocks of 8.
+    lan.share(
+        &etcd,
+        "ret",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let (first, failed) = split(h0.attach_many("ret", 20));
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(blocks_of(&lan, &etcd, "ret", h0).len(), 3);
+    // Every container stops: the emptied blocks go back at once, but one,
+    // kept for the next attach.
+    for a in &first {
+        h0.ok(&["detach", "--id", &a.id]);
+    }
+    assert!(h0.leased("ret").is_empty());
+    assert_eq!(blocks_of(&lan, &etcd, "ret", h0).len(), 1);
+    // The other host can use all the rest.
+    let (mut live, failed) = split(h1.attach_many("ret", 24));
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(blocks_of(&lan, &etcd, "ret", h1).len(), 3);
+    let e = h1.attach("ret").expect_err("h0 still holds a block");
+    assert!(e.contains("no free address"), "{e}");
+    // h0 leaves: its block, host and alive keys go.
+    h0.ok(&["network", "rm", "ret"]);
+    assert!(blocks_of(&lan, &etcd, "ret", h0).is_empty());
+    let ls = h1.ok(&["host", "ls", "ret"]);
+    assert!(!ls.contains(&h0.id), "{ls}");
+    let (more, failed) = split(h1.attach_many("ret", 8));
+    assert!(failed.is_empty(), "{failed:?}");
+    live.extend(more);
+    assert_eq!(live.len(), 32);
+    assert_leases_in_own_blocks(&lan, &etcd, "ret", h1);
+    assert_distinct(&live);
+    lan.assert_unique_on_wire(&live);
+    // It can join again as a new member.
+    h0.join(&etcd.url(), "ret");
+    let ls = h1.ok(&["host", "ls", "ret"]);
+    assert!(ls.contains(&h0.id), "{ls}");
+}
+
+#[test]
+fn blocks_etcd_missed_are_set_right_by_gc() {
+    let Some((lan, mut etcd)) = setup(&["lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "late",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let h0 = &lan.hosts[0];
+    let (live, failed) = split(h0.attach_many("late", 9));
+    assert!(failed.is_empty(), "{failed:?}");
+    let before = blocks_of(&lan, &etcd, "late", h0);
+    assert_eq!(before.len(), 2);
+    // The one container alone in its block stops while etcd is down: the
+    // release works, and the block waits to go back.
+    let alone = live
+        .iter()
+        .find(|a| {
+            let ip: Ipv4Addr = a.address.parse().unwrap();
+            let block = before.iter().find(|b| b.contains(&ip)).unwrap();
+            live.iter()
+                .filter(|o| block.contains(&o.address.parse::<Ipv4Addr>().unwrap()))
+                .count()
+                == 1
+        })
+        .expect("a container alone in its block");
+    // One of the full block's containers stops first, so that the other
+    // block is not the only room left (that one would be kept).
+    let other = live
+        .iter()
+        .find(|a| a.id != alone.id)
+        .expect("a container of the full block");
+    h0.ok(&["detach", "--id", &other.id]);
+    etcd.kill();
+    let started = Instant::now();
+    h0.ok(&["detach", "--id", &alone.id]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    etcd.restart();
+    assert_eq!(blocks_of(&lan, &etcd, "late", h0), before);
+    let out = h0.netattach(&["gc"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::stderr(&out).contains("1 empty block(s) returned to etcd"),
+        "{}",
+        common::text(&out)
+    );
+    assert_eq!(blocks_of(&lan, &etcd, "late", h0).len(), 1);
+    // A claim whose answer was lost leaves a block that is the host's in
+    // etcd only (made here by writing that key as the claim does); gc
+    // takes it up, and the host allocates in it.
+    let prefix = "/netattach/v1/networks/late/";
+    let host_key = format!("{prefix}hosts/{}", h0.id);
+    let epoch = etcd_range(&lan, &etcd, &host_key)[0].create_revision;
+    let taken: BTreeSet<Ipv4Net> = etcd_blocks(&lan, &etcd, "late").into_keys().collect();
+    let free = [
+        "192.168.33.0/29",
+        "192.168.33.8/29",
+        "192.168.33.16/29",
+        "192.168.33.24/29",
+    ]
+    .iter()
+    .map(|b| b.parse::<Ipv4Net>().unwrap())
+    .find(|b| !taken.contains(b))
+    .unwrap();
+    let url = etcd.url();
+    let key = format!("{prefix}blocks/{}-29", free.network());
+    let value = serde_json::json!({"host": h0.id, "epoch": epoch, "mode": "private"}).to_string();
+    etcd_harness::in_netns(&lan.ns.name, || {
+        let client = netattach::etcd::Client::new(&[url], Default::default()).unwrap();
+        client.put(key.as_bytes(), value.as_bytes(), 0).unwrap();
+    });
+    let out = h0.netattach(&["gc"]);
+    assert!(
+        common::stderr(&out).contains(&format!("block {free} is this host's in etcd")),
+        "{}",
+        common::text(&out)
+    );
+    let ls = h0.ok(&["host", "ls", "--json", "late"]);
+    assert!(ls.contains(&format!("{}-29", free.network())), "{ls}");
+    // 7 live in the kept block, 1 free there and 8 in the taken-up one.
+    let (more, failed) = split(h0.attach_many("late", 9));
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(blocks_of(&lan, &etcd, "late", h0).len(), 2);
+    let mut all: Vec<Attached> = live
+        .iter()
+        .filter(|a| a.id != alone.id && a.id != other.id)
+        .cloned()
+        .collect();
+    all.extend(more);
+    assert_leases_in_own_blocks(&lan, &etcd, "late", h0);
+    assert_distinct(&all);
+    lan.assert_unique_on_wire(&all);
+}
+
+#[test]
+fn network_rm_without_etcd_needs_force() {
+    let Some((lan, mut etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    lan.share(&etcd, "gone", &["--ip-range", "192.168.33.0/27"]);
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let a = h1.attach("gone").expect("attach");
+    // Attached: refused, etcd or not.
+    let out = h1.netattach(&["network", "rm", "--force", "gone"]);
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("still has 1 attachment"));
+    h1.ok(&["detach", "--id", &a.id]);
+    etcd.kill();
+    let out = h1.netattach(&["network", "rm", "gone"]);
+    assert!(!out.status.success());
+    let e = common::stderr(&out);
+    assert!(
+        e.contains("could not leave it in etcd") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // The definition is still there.
+    h1.ok(&["network", "inspect", "gone"]);
+    let out = h1.netattach(&["network", "rm", "--force", "gone"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::stderr(&out).contains("host forget"));
+    assert!(!h1
+        .netattach(&["network", "inspect", "gone"])
+        .status
+        .success());
+    // Its block stays claimed until another host forgets it.
+    etcd.restart();
+    assert_eq!(blocks_of(&lan, &etcd, "gone", h1).len(), 1);
+    let said = h0.ok(&["host", "forget", "--force", &h1.id]);
+    assert!(said.contains("1 block(s) freed"), "{said}");
+}
