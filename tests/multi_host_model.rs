@@ -239,6 +239,8 @@ enum Action {
     Return(u8, u8),
     Reconcile(u8),
     Adopt(u8, u8),
+    /// An orphan block whose last borrowed key is gone becomes free again.
+    FreeOrphan(u8, u8),
     Heartbeat(u8),
     Expire(u8),
     Forget(u8),
@@ -342,6 +344,7 @@ impl Model for Protocol {
                 out.push(Action::MarkReturning(h, b));
                 out.push(Action::Return(h, b));
                 out.push(Action::Adopt(h, b));
+                out.push(Action::FreeOrphan(h, b));
             }
             for a in 0..self.addrs() {
                 out.push(Action::AllocLocal(h, a));
@@ -610,6 +613,20 @@ impl Model for Protocol {
                 if !changed {
                     return None;
                 }
+            }
+            Action::FreeOrphan(h, b) => {
+                let bu = b as usize;
+                if !s.hosts[h as usize].reach {
+                    return None;
+                }
+                // txn: compare block mod revision (orphan) and
+                // prefix_empty(P/addrs/B/); delete the block key.
+                let keys = (0..self.per_block)
+                    .any(|i| s.addr_key[(b * self.per_block + i) as usize].is_some());
+                if s.blocks[bu] != Block::Orphan || keys {
+                    return None;
+                }
+                s.blocks[bu] = Block::Free;
             }
             Action::Adopt(h, b) => {
                 let (hu, bu) = (h as usize, b as usize);

@@ -929,3 +929,306 @@ fn network_rm_without_etcd_needs_force() {
     let said = h0.ok(&["host", "forget", "--force", &h1.id]);
     assert!(said.contains("1 block(s) freed"), "{said}");
 }
+
+/// etcd's blocks of `network`: block -> (owning host, mode).
+fn etcd_block_modes(lan: &Lan, etcd: &Etcd, network: &str) -> BTreeMap<Ipv4Net, (String, String)> {
+    let prefix = format!("/netattach/v1/networks/{network}/blocks/");
+    etcd_range(lan, etcd, &prefix)
+        .into_iter()
+        .map(|kv| {
+            let name = String::from_utf8(kv.key[prefix.len()..].to_vec()).unwrap();
+            let v: Value = serde_json::from_slice(&kv.value).unwrap();
+            (
+                name.replace('-', "/").parse().unwrap(),
+                (
+                    v["host"].as_str().unwrap_or("").to_string(),
+                    v["mode"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// etcd's address keys of `network`: address -> holding host.
+fn etcd_address_keys(lan: &Lan, etcd: &Etcd, network: &str) -> BTreeMap<String, String> {
+    let prefix = format!("/netattach/v1/networks/{network}/addrs/");
+    etcd_range(lan, etcd, &prefix)
+        .into_iter()
+        .map(|kv| {
+            let rest = String::from_utf8(kv.key[prefix.len()..].to_vec()).unwrap();
+            let v: Value = serde_json::from_slice(&kv.value).unwrap();
+            (
+                rest.split('/').nth(1).unwrap().to_string(),
+                v["host"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every lease of the host lies in a private block of that host in etcd,
+/// or is held through an address key of that host.
+fn assert_leases_accounted(lan: &Lan, etcd: &Etcd, network: &str, host: &Host) {
+    let blocks = etcd_block_modes(lan, etcd, network);
+    let keys = etcd_address_keys(lan, etcd, network);
+    for a in host.leased(network) {
+        let ip: Ipv4Addr = a.parse().unwrap();
+        let (owner, mode) = blocks
+            .iter()
+            .find(|(b, _)| b.contains(&ip))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let private_here = owner == host.id && mode == "private";
+        let keyed_here = keys.get(&a) == Some(&host.id);
+        assert!(
+            private_here || keyed_here,
+            "{a} leased on {}: block of {owner:?} ({mode}), key of {:?}",
+            host.id,
+            keys.get(&a)
+        );
+    }
+}
+
+/// Detaches `host`'s containers so that each of its blocks keeps `keep[i]`
+/// of them (blocks by decreasing count); returns those left.
+fn thin_out(
+    lan: &Lan,
+    etcd: &Etcd,
+    network: &str,
+    host: &Host,
+    live: Vec<Attached>,
+    keep: &[usize],
+) -> Vec<Attached> {
+    let blocks = blocks_of(lan, etcd, network, host);
+    let mut by_block: Vec<Vec<Attached>> = blocks
+        .iter()
+        .map(|b| {
+            live.iter()
+                .filter(|a| b.contains(&a.address.parse::<Ipv4Addr>().unwrap()))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    by_block.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    assert_eq!(by_block.len(), keep.len(), "{blocks:?}");
+    let mut left = Vec::new();
+    for (group, &k) in by_block.into_iter().zip(keep) {
+        for (i, a) in group.into_iter().enumerate() {
+            if i < k {
+                left.push(a);
+            } else {
+                host.ok(&["detach", "--id", &a.id]);
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn a_host_without_room_borrows_what_others_lend_and_they_take_it_back() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    // 32 addresses in 4 blocks of 8.
+    lan.share(
+        &etcd,
+        "lend",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let (first, failed) = split(h0.attach_many("lend", 17));
+    assert!(failed.is_empty(), "{failed:?}");
+    // h0's three blocks keep 6, 2 and 1 containers: 13 addresses free there.
+    let mut live0 = thin_out(&lan, &etcd, "lend", h0, first, &[6, 2, 1]);
+    let (mut live1, failed) = split(h1.attach_many("lend", 8));
+    assert!(failed.is_empty(), "{failed:?}");
+    // h1's block is full and no block is free: nothing to borrow yet.
+    let e = h1.attach("lend").expect_err("nothing lent yet");
+    assert!(
+        e.contains("no free address in 192.168.33.0/27 of lend"),
+        "{e}"
+    );
+    // h0's upkeep sees that h1 wants addresses: it lends its two emptiest
+    // blocks and keeps the fullest for itself.
+    let out = h0.netattach(&["gc"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::stderr(&out).contains("lent to the other hosts"),
+        "{}",
+        common::text(&out)
+    );
+    let modes = etcd_block_modes(&lan, &etcd, "lend");
+    let lent: Vec<Ipv4Net> = modes
+        .iter()
+        .filter(|(_, (h, m))| *h == h0.id && m == "shared")
+        .map(|(b, _)| *b)
+        .collect();
+    assert_eq!(lent.len(), 2, "{modes:?}");
+    // Its containers there are published as address keys.
+    assert_eq!(etcd_address_keys(&lan, &etcd, "lend").len(), 3);
+    // h1 borrows 10 of the 13 free addresses there, 16 attaches at once.
+    let (borrowed, failed) = split(h1.attach_many("lend", 10));
+    assert!(failed.is_empty(), "{failed:?}");
+    for a in &borrowed {
+        let ip: Ipv4Addr = a.address.parse().unwrap();
+        assert!(
+            lent.iter().any(|b| b.contains(&ip)),
+            "{} not lent",
+            a.address
+        );
+    }
+    let ls = h0.ok(&["host", "ls", "--json", "lend"]);
+    let v: Value = serde_json::from_str(&ls).unwrap();
+    let h1_row = v[0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == h1.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(h1_row["borrowed"], 10, "{ls}");
+    live1.extend(borrowed.iter().cloned());
+    // h0 fills its own block, then allocates in its lent blocks through keys.
+    let (more, failed) = split(h0.attach_many("lend", 5));
+    assert!(failed.is_empty(), "{failed:?}");
+    live0.extend(more);
+    let e = h0.attach("lend").expect_err("the range is full");
+    assert!(e.contains("no free address"), "{e}");
+    for h in [h0, h1] {
+        assert_leases_accounted(&lan, &etcd, "lend", h);
+    }
+    let mut all: Vec<Attached> = live0.iter().chain(&live1).cloned().collect();
+    assert_eq!(all.len(), 32);
+    assert_distinct(&all);
+    lan.assert_unique_on_wire(&all);
+    // h1 gives its borrowed addresses back: their keys go at once.
+    for a in &borrowed {
+        h1.ok(&["detach", "--id", &a.id]);
+    }
+    let keys = etcd_address_keys(&lan, &etcd, "lend");
+    assert!(keys.values().all(|h| *h == h0.id), "{keys:?}");
+    // Nobody wants addresses now (h1's wish went with its borrow): h0
+    // takes its blocks back, and its containers there become private leases.
+    let out = h0.netattach(&["gc"]);
+    assert!(
+        common::stderr(&out).contains("taken back"),
+        "{}",
+        common::text(&out)
+    );
+    let modes = etcd_block_modes(&lan, &etcd, "lend");
+    assert!(modes.values().all(|(_, m)| m == "private"), "{modes:?}");
+    assert!(etcd_address_keys(&lan, &etcd, "lend").is_empty());
+    assert_leases_accounted(&lan, &etcd, "lend", h0);
+    // And allocates there locally again.
+    live0.extend(h0.attach_many("lend", 2).into_iter().map(|r| r.unwrap()));
+    assert_leases_accounted(&lan, &etcd, "lend", h0);
+    all = live0
+        .iter()
+        .chain(&live1)
+        .filter(|a| !borrowed.iter().any(|b| b.id == a.id))
+        .cloned()
+        .collect();
+    assert_distinct(&all);
+    lan.assert_unique_on_wire(&all);
+}
+
+#[test]
+fn a_forgotten_lenders_blocks_stay_taken_while_borrowed() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "orph",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let (first, failed) = split(h0.attach_many("orph", 17));
+    assert!(failed.is_empty(), "{failed:?}");
+    thin_out(&lan, &etcd, "orph", h0, first, &[6, 2, 1]);
+    let (live1, failed) = split(h1.attach_many("orph", 8));
+    assert!(failed.is_empty(), "{failed:?}");
+    h1.attach("orph").expect_err("nothing lent yet");
+    h0.ok(&["gc"]);
+    let (borrowed, failed) = split(h1.attach_many("orph", 4));
+    assert!(failed.is_empty(), "{failed:?}");
+    // The lent blocks h1 borrowed from (one or both: borrows start at a
+    // random lent block).
+    let modes = etcd_block_modes(&lan, &etcd, "orph");
+    let holding: BTreeSet<Ipv4Net> = modes
+        .iter()
+        .filter(|(b, (_, m))| {
+            m == "shared"
+                && borrowed
+                    .iter()
+                    .any(|a| b.contains(&a.address.parse::<Ipv4Addr>().unwrap()))
+        })
+        .map(|(b, _)| *b)
+        .collect();
+    assert!(!holding.is_empty(), "{modes:?}");
+    // h0 dies with its containers and is forgotten: its private block and
+    // a lent block nobody borrowed from are free; a lent block with h1's
+    // addresses keeps them and has no owner.
+    h0.kill_containers();
+    let said = h1.ok(&["host", "forget", "--force", &h0.id]);
+    assert!(
+        said.contains(&format!("{} block(s) freed", 3 - holding.len())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "{} shared block(s) left without owner",
+            holding.len()
+        )),
+        "{said}"
+    );
+    let modes = etcd_block_modes(&lan, &etcd, "orph");
+    let orphans: BTreeSet<Ipv4Net> = modes
+        .iter()
+        .filter(|(_, (h, _))| h.is_empty())
+        .map(|(b, _)| *b)
+        .collect();
+    assert_eq!(orphans, holding, "{modes:?}");
+    let keys = etcd_address_keys(&lan, &etcd, "orph");
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys.values().all(|h| *h == h1.id), "{keys:?}");
+    // h1 claims the freed block and borrows the orphans' free addresses,
+    // never one of the 4 it holds there.
+    let (more, failed) = split(h1.attach_many("orph", 20));
+    assert!(failed.is_empty(), "{failed:?}");
+    let mut all: Vec<Attached> = live1
+        .iter()
+        .chain(&borrowed)
+        .chain(&more)
+        .cloned()
+        .collect();
+    assert_eq!(all.len(), 32);
+    assert_distinct(&all);
+    assert_leases_accounted(&lan, &etcd, "orph", h1);
+    lan.assert_unique_on_wire(&all);
+    // Everything in the orphans released: they are free again at the next upkeep.
+    for a in borrowed.iter().chain(&more) {
+        let ip: Ipv4Addr = a.address.parse().unwrap();
+        if orphans.iter().any(|b| b.contains(&ip)) {
+            h1.ok(&["detach", "--id", &a.id]);
+        }
+    }
+    let out = h1.netattach(&["gc"]);
+    assert!(
+        common::stderr(&out).contains("of a forgotten host freed"),
+        "{}",
+        common::text(&out)
+    );
+    let modes = etcd_block_modes(&lan, &etcd, "orph");
+    assert!(modes.values().all(|(h, _)| *h == h1.id), "{modes:?}");
+    all.retain(|a| {
+        let ip: Ipv4Addr = a.address.parse().unwrap();
+        !orphans.iter().any(|b| b.contains(&ip))
+    });
+    // The freed orphans are claimed and used like any block.
+    let (again, failed) = split(h1.attach_many("orph", 8 * orphans.len()));
+    assert!(failed.is_empty(), "{failed:?}");
+    all.extend(again);
+    assert_distinct(&all);
+    assert_leases_accounted(&lan, &etcd, "orph", h1);
+    lan.assert_unique_on_wire(&all);
+}

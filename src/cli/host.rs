@@ -98,7 +98,8 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> Result<()> {
                         .iter()
                         .map(|b| {
                             let used = b.used.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
-                            format!("{} {used}/{}", b.block, b.size)
+                            let mode = if b.mode == "private" { "" } else { " (shared)" };
+                            format!("{} {used}/{}{mode}", b.block, b.size)
                         })
                         .collect();
                     rows.push(vec![
@@ -116,6 +117,7 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> Result<()> {
                         },
                         if h.alive { "yes" } else { "no" }.into(),
                         format!("{used}/{size}"),
+                        h.borrowed.to_string(),
                         blocks.join(", "),
                     ]);
                 }
@@ -128,6 +130,7 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> Result<()> {
                     "HEARTBEAT",
                     "ALIVE",
                     "USED",
+                    "BORROWED",
                     "BLOCKS",
                 ],
                 &rows,
@@ -145,7 +148,7 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> Result<()> {
                 let hold = net.shared.as_ref().map(|s| s.hold).unwrap_or(0);
                 let done = shared::forget(&client_of(&net)?, &net.name, &host, force, hold)?;
                 println!(
-                    "network {}: host {host} {}; {} block(s) freed{}{}",
+                    "network {}: host {host} {}; {} block(s) freed{}{}{}",
                     net.name,
                     if done.host_key {
                         "forgotten"
@@ -162,6 +165,16 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> Result<()> {
                         format!(", {} address key(s) deleted", done.addresses)
                     } else {
                         String::new()
+                    },
+                    if done.orphaned.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} shared block(s) left without owner until the addresses other hosts \
+                             borrowed there are released ({})",
+                            done.orphaned.len(),
+                            done.orphaned.join(", ")
+                        )
                     }
                 );
             }

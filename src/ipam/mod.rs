@@ -2,6 +2,7 @@
 //! remembers who holds them. The store is a trait so the embedded store and a
 //! distributed one (etcd) are interchangeable for every caller.
 
+pub mod lending;
 pub mod pool;
 pub mod shared;
 pub mod sqlite;

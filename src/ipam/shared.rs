@@ -39,17 +39,17 @@ const CONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// Free blocks tried before giving up on a claim (others may take each
 /// one between our read and our transaction).
-const CLAIM_TRIES: usize = 3;
+pub(super) const CLAIM_TRIES: usize = 3;
 
 /// Operations per etcd transaction (etcd refuses more than 128).
-const TXN_CHUNK: usize = 50;
+pub(super) const TXN_CHUNK: usize = 50;
 
 /// Where a network's keys live: `/netattach/v1/networks/NAME/`.
 pub fn prefix(network: &str) -> String {
     format!("/netattach/v1/networks/{network}/")
 }
 
-fn key(network: &str, rest: &str) -> Vec<u8> {
+pub(super) fn key(network: &str, rest: &str) -> Vec<u8> {
     format!("{}{rest}", prefix(network)).into_bytes()
 }
 
@@ -65,7 +65,7 @@ pub fn parse_block_name(name: &str) -> Option<IpNet> {
     format!("{addr}/{len}").parse().ok()
 }
 
-fn block_key(network: &str, block: IpNet) -> Vec<u8> {
+pub(super) fn block_key(network: &str, block: IpNet) -> Vec<u8> {
     key(network, &format!("blocks/{}", block_name(block)))
 }
 
@@ -100,7 +100,7 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -148,14 +148,14 @@ pub fn client_until<S: AsRef<str>>(
     )
 }
 
-fn shared_of(net: &Network) -> Result<&Shared, IpamError> {
+pub(super) fn shared_of(net: &Network) -> Result<&Shared, IpamError> {
     net.shared
         .as_ref()
         .ok_or_else(|| IpamError::Store(format!("network {} is not shared", net.name)))
 }
 
 /// This host's membership of the network, refusing a forgotten one.
-fn member(store: &SqliteStore, network: &str) -> Result<SharedState, IpamError> {
+pub(super) fn member(store: &SqliteStore, network: &str) -> Result<SharedState, IpamError> {
     match store.shared_state(network)? {
         None => Err(IpamError::Shared(format!(
             "network {network} is shared but this host has not joined it (netattach network join)"
@@ -188,7 +188,7 @@ pub fn usable_in(range: &PoolRange, block: IpNet) -> u128 {
 }
 
 /// The block size of a range of a shared network.
-fn block_prefix_of(shared: &Shared, range: &PoolRange) -> Result<u8, IpamError> {
+pub(super) fn block_prefix_of(shared: &Shared, range: &PoolRange) -> Result<u8, IpamError> {
     shared
         .block_prefix
         .get(&range.range.to_string())
@@ -232,7 +232,7 @@ fn unreachable(
 }
 
 /// Whether a `get P/hosts/HOST` result shows this host under `epoch`.
-fn epoch_holds(result: Option<&OpResult>, epoch: i64) -> bool {
+pub(super) fn epoch_holds(result: Option<&OpResult>, epoch: i64) -> bool {
     match result {
         Some(OpResult::Range(r)) => r.kvs.first().is_some_and(|kv| kv.create_revision == epoch),
         // No answer about it: do not conclude the host was forgotten.
@@ -240,7 +240,7 @@ fn epoch_holds(result: Option<&OpResult>, epoch: i64) -> bool {
     }
 }
 
-fn json_of(kv: &KeyValue) -> Value {
+pub(super) fn json_of(kv: &KeyValue) -> Value {
     serde_json::from_slice(&kv.value).unwrap_or(Value::Null)
 }
 
@@ -349,7 +349,7 @@ fn record(
 }
 
 /// A uniform index below `n` (n > 0) from getrandom; 0 if it fails.
-fn random_below(n: usize) -> usize {
+pub(super) fn random_below(n: usize) -> usize {
     let mut b = [0u8; 8];
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -509,11 +509,13 @@ pub fn return_blocks(
 pub type Findings = Vec<String>;
 
 /// Makes this host's local blocks agree with etcd's (docs/multi-host.md,
-/// "reconcile"), at `gc`: a block etcd gives this host under its epoch that
-/// the local store does not know (a claim whose answer was lost) is taken
-/// as private: nothing was ever allocated in it. A `returning` block that
-/// etcd no longer gives this host is dropped; a private one is reported (it
-/// cannot happen while the epoch holds).
+/// "reconcile"), at upkeep. A private block etcd gives this host under its
+/// epoch that the local store does not know (a claim whose answer was
+/// lost) is taken up: nothing was ever allocated in it. A block left
+/// `lending` or `shared` by a lost answer is finished or undone as etcd
+/// says. A `returning` block etcd no longer gives this host is dropped; a
+/// private or shared one is reported (it cannot happen while the epoch
+/// holds).
 pub fn reconcile(
     store: &SqliteStore,
     net: &Network,
@@ -525,35 +527,49 @@ pub fn reconcile(
     let fail = |e: etcd::Error| IpamError::Shared(format!("network {name}: reconcile: {e}"));
     let client = client_until(&shared.etcd, until).map_err(fail)?;
     let strip = key(name, "blocks/").len();
-    let mut in_etcd: BTreeMap<IpNet, i64> = BTreeMap::new();
+    // This host's blocks in etcd: block -> (mode, mod_revision).
+    let mut in_etcd: BTreeMap<IpNet, (String, i64)> = BTreeMap::new();
     for kv in client.get_prefix(&key(name, "blocks/")).map_err(fail)?.kvs {
         let v = json_of(&kv);
         if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
             let bname = String::from_utf8_lossy(&kv.key[strip..]).into_owned();
             if let Some(block) = parse_block_name(&bname) {
-                in_etcd.insert(block, kv.mod_revision);
+                let mode = v["mode"].as_str().unwrap_or("").to_string();
+                in_etcd.insert(block, (mode, kv.mod_revision));
             }
         }
     }
     let local = store.block_fills(name)?;
     let mut found = Vec::new();
-    for (&block, &revision) in &in_etcd {
-        if !local.iter().any(|b| b.block == block)
-            && store.record_block(name, st.epoch, block, revision)?
+    for (&block, (mode, revision)) in &in_etcd {
+        if mode == "private"
+            && !local.iter().any(|b| b.block == block)
+            && store.record_block(name, st.epoch, block, *revision)?
         {
             found.push(format!(
-                "network {name}: block {block} is this host's in etcd but was not recorded here                  (a claim whose answer was lost): taken up"
+                "network {name}: block {block} is this host's in etcd but was not recorded here \
+                 (a claim whose answer was lost): taken up"
             ));
         }
     }
-    for b in local.iter().filter(|b| !in_etcd.contains_key(&b.block)) {
-        if b.state == super::sqlite::RETURNING {
-            store.drop_returned_block(name, b.block)?;
-        } else {
-            found.push(format!(
-                "network {name}: block {} ({}) is this host's here but not in etcd;                  {} lease(s) in it",
-                b.block, b.state, b.used
-            ));
+    for b in &local {
+        match (b.state.as_str(), in_etcd.get(&b.block)) {
+            ("lending", Some((mode, rev))) if mode == super::sqlite::SHARED => {
+                store.finish_lend(name, b.block, *rev)?
+            }
+            ("lending", Some((mode, rev))) if mode == "private" && *rev == b.revision => {
+                store.abort_lend(name, b.block)?
+            }
+            (super::sqlite::SHARED, Some((mode, rev))) if mode == "private" => {
+                store.finish_reclaim(name, b.block, *rev)?
+            }
+            (super::sqlite::RETURNING, None) => store.drop_returned_block(name, b.block)?,
+            (state, None) => found.push(format!(
+                "network {name}: block {} ({state}) is this host's here but not in etcd; \
+                 {} lease(s) in it",
+                b.block, b.used
+            )),
+            _ => {}
         }
     }
     Ok(found)
@@ -755,6 +771,8 @@ pub struct HostInfo {
     pub alive: bool,
     /// Its blocks, with the number of addresses it last reported in use.
     pub blocks: Vec<BlockInfo>,
+    /// Address keys it holds in other hosts' blocks.
+    pub borrowed: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -781,6 +799,7 @@ pub fn hosts(client: &Client, net: &Network) -> anyhow::Result<Vec<HostInfo>> {
         version: String::new(),
         alive: false,
         blocks: Vec::new(),
+        borrowed: 0,
     };
     for kv in client.get_prefix(&key(name, "hosts/"))?.kvs {
         let host = strip(&kv, "hosts/");
@@ -799,6 +818,8 @@ pub fn hosts(client: &Client, net: &Network) -> anyhow::Result<Vec<HostInfo>> {
             .alive = true;
     }
     let pools = super::pool::pools_of(net);
+    // Block name -> owning host ("(none)" for an orphan).
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
     for kv in client.get_prefix(&key(name, "blocks/"))?.kvs {
         let bname = strip(&kv, "blocks/");
         let v = json_of(&kv);
@@ -815,11 +836,24 @@ pub fn hosts(client: &Client, net: &Network) -> anyhow::Result<Vec<HostInfo>> {
         let used = fills.get(&host).and_then(|f| f[&bname].as_u64());
         let entry = out.entry(host.clone()).or_insert_with(|| blank(&host));
         entry.blocks.push(BlockInfo {
-            block: bname,
+            block: bname.clone(),
             mode: v["mode"].as_str().unwrap_or("?").to_string(),
             used,
             size,
         });
+        owners.insert(bname, host);
+    }
+    let strip = key(name, "addrs/").len();
+    for kv in client.get_prefix(&key(name, "addrs/"))?.kvs {
+        let rest = String::from_utf8_lossy(&kv.key[strip..]).into_owned();
+        let block = rest.split('/').next().unwrap_or("");
+        if let Some(holder) = json_of(&kv)["host"].as_str() {
+            if owners.get(block).map(String::as_str) != Some(holder) {
+                if let Some(h) = out.get_mut(holder) {
+                    h.borrowed += 1;
+                }
+            }
+        }
     }
     Ok(out.into_values().collect())
 }
@@ -830,6 +864,9 @@ pub struct Forgotten {
     /// The host key existed and was deleted (the fence of that epoch).
     pub host_key: bool,
     pub blocks: Vec<String>,
+    /// Its shared blocks that other hosts still borrow from: left shared,
+    /// with no owner.
+    pub orphaned: Vec<String>,
     pub addresses: usize,
 }
 
@@ -890,20 +927,36 @@ pub fn forget(
         .into_iter()
         .filter(owned)
         .collect();
-    let addrs: Vec<KeyValue> = client
+    let (addrs, others): (Vec<KeyValue>, Vec<KeyValue>) = client
         .get_prefix(&key(network, "addrs/"))?
         .kvs
         .into_iter()
-        .filter(owned)
-        .collect();
+        .partition(owned);
     // Address keys first: a block is never free while keys of it remain.
     done.addresses = delete_compared(client, &addrs)?;
-    delete_compared(client, &blocks)?;
+    // A shared block with other hosts' keys stays shared, with no owner
+    // (an orphan): those addresses are in use, and freeing it would let a
+    // claim hand them out again. Its last key gone, anyone frees it.
     let strip = key(network, "blocks/").len();
-    done.blocks = blocks
-        .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key[strip..]).into_owned())
-        .collect();
+    let addrs_prefix = key(network, "addrs/");
+    let name_of = |kv: &KeyValue| String::from_utf8_lossy(&kv.key[strip..]).into_owned();
+    let borrowed_in = |block: &str| {
+        let p = [addrs_prefix.as_slice(), block.as_bytes(), b"/"].concat();
+        others.iter().any(|kv| kv.key.starts_with(&p))
+    };
+    let (orphans, free): (Vec<KeyValue>, Vec<KeyValue>) =
+        blocks.into_iter().partition(|kv| borrowed_in(&name_of(kv)));
+    delete_compared(client, &free)?;
+    let orphan = json!({"host": null, "mode": "shared"}).to_string();
+    for kv in &orphans {
+        client.txn(
+            &[Compare::mod_is(kv.key.clone(), kv.mod_revision)],
+            &[Op::put(kv.key.clone(), orphan.clone())],
+            &[],
+        )?;
+    }
+    done.blocks = free.iter().map(name_of).collect();
+    done.orphaned = orphans.iter().map(name_of).collect();
     Ok(done)
 }
 

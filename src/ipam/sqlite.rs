@@ -21,7 +21,7 @@
 //! faster for a lone process, but 16 concurrent writers then waited up to 4 s
 //! for the lock.
 //!
-//! Schema (version 4, in `PRAGMA user_version`; the `shared` tables are those
+//! Schema (version 5, in `PRAGMA user_version`; the `shared` tables are those
 //! of docs/multi-host.md, see `blocks.rs`):
 //!
 //! ```sql
@@ -43,6 +43,8 @@
 //!        heartbeat INTEGER, state TEXT) WITHOUT ROWID
 //! shared_blocks(network TEXT, block TEXT, lo BLOB, hi BLOB, state TEXT,
 //!        revision INTEGER, PRIMARY KEY (network, block)) WITHOUT ROWID
+//! shared_keys(network TEXT, key BLOB, block TEXT, etcd_key TEXT, revision INTEGER,
+//!        state TEXT, since INTEGER, PRIMARY KEY (network, key)) WITHOUT ROWID
 //! ```
 //!
 //! The wire knows a layer-2 segment and an address, not a network: so leases
@@ -86,7 +88,9 @@ use crate::request::MacAddr;
 use crate::sharing::LinkSpec;
 
 mod blocks;
-pub use blocks::{forgotten_error, BlockFill, SharedState, RETURNING};
+pub use blocks::{
+    address_key_name, forgotten_error, AddressKey, BlockFill, SharedState, RETURNING, SHARED,
+};
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "leases.db";
@@ -104,7 +108,7 @@ const WAL_FOLD_BYTES: u64 = 16 * 4120;
 const START_PATH_FOLD_BYTES: u64 = 4 * WAL_FOLD_BYTES;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The longest a closing store waits to fold the WAL back.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
@@ -175,7 +179,17 @@ CREATE TABLE IF NOT EXISTS shared_blocks (
     revision INTEGER NOT NULL,
     PRIMARY KEY (network, block)
 ) WITHOUT ROWID;
-PRAGMA user_version = 4;
+CREATE TABLE IF NOT EXISTS shared_keys (
+    network  TEXT    NOT NULL,
+    key      BLOB    NOT NULL,
+    block    TEXT    NOT NULL,
+    etcd_key TEXT    NOT NULL,
+    revision INTEGER NOT NULL,
+    state    TEXT    NOT NULL,
+    since    INTEGER NOT NULL,
+    PRIMARY KEY (network, key)
+) WITHOUT ROWID;
+PRAGMA user_version = 5;
 ";
 
 /// From version 2, whose leases were keyed by (network, address) and whose
@@ -798,7 +812,10 @@ impl SqliteStore {
         let mut networks: Vec<&str> = freed.iter().map(|l| l.network.as_str()).collect();
         networks.sort_unstable();
         networks.dedup();
-        let marked = blocks::mark_empty_blocks(&tx, &networks)?;
+        let mut marked = blocks::mark_keys_for_deletion(&tx, freed)?;
+        marked.extend(blocks::mark_empty_blocks(&tx, &networks)?);
+        marked.sort_unstable();
+        marked.dedup();
         tx.commit().map_err(db)?;
         self.note_returning(marked);
         Ok(())

@@ -15,13 +15,19 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::sqlite::SqliteStore;
-use super::{shared, Attachment, Claim, IpamError, Lease, LeaseStore, Liveness, Reservation};
+use super::{
+    lending, shared, Attachment, Claim, IpamError, Lease, LeaseStore, Liveness, Reservation,
+};
 use crate::config::{Network, NetworkDir};
 use crate::deadline::Deadline;
 
 /// Rounds of "claim a block, reserve again" one reservation may take: one
 /// block per pooled want is enough unless other hosts race us for each.
 const MAX_CLAIM_ROUNDS: usize = 8;
+
+/// An address key held this long with no lease using it (its reservation
+/// failed after the borrow) is given up at the next upkeep.
+const UNUSED_KEY_S: u64 = 60;
 
 /// Side file in the state directory whose flock makes block claims one at a time.
 const CLAIM_LOCK_FILE: &str = "shared.lock";
@@ -111,6 +117,7 @@ impl Store {
                     shared::heartbeat_if_due(&self.local, &net, wait)?
                 };
                 if sent {
+                    lending::delete_keys(&self.local, &net, Deadline::after(wait))?;
                     shared::return_blocks(&self.local, &net, Deadline::after(wait))?;
                 }
                 Ok(())
@@ -134,22 +141,63 @@ impl Store {
     ) -> Vec<String> {
         let mut lines = self.heartbeats(networks, wait, every_time);
         for name in networks {
-            let result = self.definition(name).and_then(|net| {
-                lines.extend(shared::reconcile(&self.local, &net, Deadline::after(wait))?);
-                shared::return_blocks(&self.local, &net, Deadline::after(wait))
-            });
-            match result {
-                Ok(0) => {}
-                Ok(n) => lines.push(format!(
-                    "network {name}: {n} empty block(s) returned to etcd"
-                )),
-                Err(e) => lines.push(e.to_string()),
+            if let Err(e) = self.upkeep_one(name, wait, &mut lines) {
+                lines.push(e.to_string());
             }
         }
         lines
     }
 
-    /// After a release: the blocks it emptied go back to etcd within
+    /// [`Store::upkeep`] of one network, in order: local blocks checked
+    /// against etcd, address keys of released or unused addresses deleted,
+    /// lending or reclaiming, then empty blocks returned.
+    fn upkeep_one(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+        lines: &mut Vec<String>,
+    ) -> Result<(), IpamError> {
+        let net = self.definition(name)?;
+        let until = || Deadline::after(wait);
+        lines.extend(shared::reconcile(&self.local, &net, until())?);
+        self.local.give_up_unused_keys(name, UNUSED_KEY_S)?;
+        let n = lending::delete_keys(&self.local, &net, until())?;
+        if n > 0 {
+            lines.push(format!(
+                "network {name}: {n} released address key(s) deleted in etcd"
+            ));
+        }
+        let done = lending::share_out(&self.local, &net, until())?;
+        for (what, blocks) in [
+            ("lent to the other hosts", &done.lent),
+            (
+                "taken back (no other host's address in it)",
+                &done.reclaimed,
+            ),
+            (
+                "of a forgotten host freed (its last borrowed address is gone)",
+                &done.orphans_freed,
+            ),
+        ] {
+            if !blocks.is_empty() {
+                let names: Vec<String> = blocks.iter().map(|b| b.to_string()).collect();
+                lines.push(format!(
+                    "network {name}: block(s) {} {what}",
+                    names.join(", ")
+                ));
+            }
+        }
+        let n = shared::return_blocks(&self.local, &net, until())?;
+        if n > 0 {
+            lines.push(format!(
+                "network {name}: {n} empty block(s) returned to etcd"
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a release: the address keys of the released addresses are
+    /// deleted and the blocks it emptied go back to etcd within
     /// [`shared::HEARTBEAT_WAIT`]; what etcd does not take in time stays
     /// queued for the next heartbeat or `gc`. Nothing to do (the common
     /// case, and always for networks that are not shared) costs nothing.
@@ -157,6 +205,7 @@ impl Store {
         for name in self.local.take_returning() {
             let until = Deadline::after(shared::HEARTBEAT_WAIT).min(self.local.deadline());
             if let Ok(net) = self.definition(&name) {
+                let _ = lending::delete_keys(&self.local, &net, until);
                 let _ = shared::return_blocks(&self.local, &net, until);
             }
         }
@@ -182,10 +231,18 @@ impl LeaseStore for Store {
                 Err(IpamError::NeedsBlock { .. }) if claim_turn.is_none() => {
                     claim_turn = Some(self.claim_turn()?);
                 }
+                // A block first; with none free, one address of a block
+                // another host (or this one) lent.
                 Err(IpamError::NeedsBlock { network, ranges }) if rounds < MAX_CLAIM_ROUNDS => {
                     rounds += 1;
                     let net = self.definition(&network)?;
-                    shared::claim_block(&self.local, &net, &ranges, self.local.deadline())?;
+                    let until = self.local.deadline();
+                    match shared::claim_block(&self.local, &net, &ranges, until) {
+                        Err(IpamError::Exhausted { .. }) => {
+                            lending::borrow(&self.local, &net, &ranges, owner, until)?
+                        }
+                        other => other?,
+                    }
                 }
                 Err(IpamError::NeedsBlock { network, .. }) => {
                     return Err(IpamError::Shared(format!(

@@ -24,6 +24,15 @@ const PRIVATE: &str = "private";
 /// A block on its way back to etcd: nothing is allocated in it, and the
 /// row stays until etcd has deleted the block key (the row is the queue).
 pub const RETURNING: &str = "returning";
+/// A private block being lent: no local allocation until etcd answered.
+const LENDING: &str = "lending";
+/// A block this host owns and has lent: allocation in it, by anyone, only
+/// through address keys.
+pub const SHARED: &str = "shared";
+/// An address key this host holds in etcd; a lease may use its address.
+const HELD: &str = "held";
+/// An address key whose address left this host: to be deleted in etcd.
+const DELETING: &str = "deleting";
 
 /// This host's membership of one shared network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,15 +143,17 @@ pub(super) fn check_own_block(
     let found: Option<i64> = tx
         .prepare_cached(
             "SELECT 1 FROM shared_blocks
-             WHERE network = ?1 AND state = 'private' AND lo <= ?2 AND hi >= ?2",
+             WHERE network = ?1 AND state = 'private' AND lo <= ?2 AND hi >= ?2
+             UNION ALL
+             SELECT 1 FROM shared_keys WHERE network = ?1 AND key = ?2 AND state = 'held'",
         )
         .and_then(|mut s| s.query_row(params![network, key], |r| r.get(0)).optional())
         .map_err(db)?;
     match found {
         Some(_) => Ok(()),
         None => Err(IpamError::Shared(format!(
-            "network {network} is shared: {address} is not in a block of this host, and only \
-             addresses of this host's blocks may be requested (netattach host ls)"
+            "network {network} is shared: {address} is not in a private block of this host, and \
+             only addresses of this host's private blocks may be requested (netattach host ls)"
         ))),
     }
 }
@@ -189,6 +200,25 @@ pub(super) fn allocate(
             Err(e) => return Err(e),
         }
     }
+    // An address key this host holds and no lease uses (a borrow made for
+    // this reservation, or one whose lease was released meanwhile).
+    let mut unused = tx
+        .prepare_cached(
+            "SELECT k.key FROM shared_keys k WHERE k.network = ?1 AND k.state = 'held'
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.segment = ?2 AND l.key = k.key)",
+        )
+        .map_err(db)?;
+    let keys = unused
+        .query_map(params![network, segment], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(db)?;
+    for k in keys {
+        let Some(address) = super::addr_of_key(&k.map_err(db)?) else {
+            continue;
+        };
+        if let Some(r) = ranges.iter().find(|r| r.range.contains(&address)) {
+            return Ok((address, r.subnet.prefix_len()));
+        }
+    }
     Err(IpamError::NeedsBlock {
         network: network.to_string(),
         ranges: ranges.to_vec(),
@@ -232,6 +262,7 @@ impl SqliteStore {
                 "DELETE FROM shared_blocks WHERE network = ?1",
                 [&st.network],
             )?;
+            tx.execute("DELETE FROM shared_keys WHERE network = ?1", [&st.network])?;
             tx.execute(
                 "INSERT OR REPLACE INTO shared
                    (network, endpoints, host, epoch, lease, hold_s, fence_until, boot_id,
@@ -265,14 +296,7 @@ impl SqliteStore {
     ) -> Result<bool, IpamError> {
         let (lo, hi) = bounds(block);
         self.write_shared(|tx| {
-            let member: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM shared WHERE network = ?1 AND epoch = ?2 AND state = 'member'",
-                    params![network, epoch],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if member.is_none() {
+            if !is_member(tx, network, epoch)? {
                 return Ok(false);
             }
             tx.execute(
@@ -322,6 +346,7 @@ impl SqliteStore {
             )?;
             if n > 0 {
                 tx.execute("DELETE FROM shared_blocks WHERE network = ?1", [network])?;
+                tx.execute("DELETE FROM shared_keys WHERE network = ?1", [network])?;
             }
             Ok(())
         })
@@ -370,7 +395,209 @@ impl SqliteStore {
     pub fn record_left(&self, network: &str) -> Result<(), IpamError> {
         self.write_shared(|tx| {
             tx.execute("DELETE FROM shared_blocks WHERE network = ?1", [network])?;
+            tx.execute("DELETE FROM shared_keys WHERE network = ?1", [network])?;
             tx.execute("DELETE FROM shared WHERE network = ?1", [network])?;
+            Ok(())
+        })
+    }
+
+    /// Records an address key etcd gave this host under `epoch` (a borrow,
+    /// or this host's own shared block): the next reservation may use its
+    /// address. Refused (false) if the membership changed meanwhile.
+    pub fn record_key(
+        &self,
+        network: &str,
+        epoch: i64,
+        address: IpAddr,
+        block: IpNet,
+        etcd_key: &str,
+        revision: i64,
+    ) -> Result<bool, IpamError> {
+        self.write_shared(|tx| {
+            if !is_member(tx, network, epoch)? {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO shared_keys
+                   (network, key, block, etcd_key, revision, state, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    network,
+                    key_of_addr(address),
+                    block.to_string(),
+                    etcd_key,
+                    revision,
+                    HELD,
+                    now() as i64
+                ],
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// This host's address keys of `network`.
+    pub fn address_keys(&self, network: &str) -> Result<Vec<AddressKey>, IpamError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT k.key, k.block, k.etcd_key, k.revision, k.state, k.since,
+                        EXISTS (SELECT 1 FROM leases l WHERE l.network = k.network AND l.key = k.key)
+                 FROM shared_keys k WHERE k.network = ?1 ORDER BY k.key",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([network], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    AddressKey {
+                        address: IpAddr::from([0, 0, 0, 0]),
+                        block: IpNet::default(),
+                        etcd_key: r.get(2)?,
+                        revision: r.get(3)?,
+                        deleting: r.get::<_, String>(4)? == DELETING,
+                        since: r.get::<_, i64>(5)?.max(0) as u64,
+                        leased: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, block, mut k) = row.map_err(db)?;
+            let (Some(address), Ok(block)) = (super::addr_of_key(&key), block.parse()) else {
+                return Err(IpamError::Store(format!(
+                    "bad row {block:?} in shared_keys"
+                )));
+            };
+            k.address = address;
+            k.block = block;
+            out.push(k);
+        }
+        Ok(out)
+    }
+
+    /// Address keys held for longer than `older_than_s` with no lease using
+    /// them (a reservation that failed after its borrow) are given up.
+    pub fn give_up_unused_keys(
+        &self,
+        network: &str,
+        older_than_s: u64,
+    ) -> Result<usize, IpamError> {
+        self.write_shared(|tx| {
+            tx.execute(
+                "UPDATE shared_keys SET state = ?2 WHERE network = ?1 AND state = ?3 AND since < ?4
+                   AND NOT EXISTS (SELECT 1 FROM leases l
+                                   WHERE l.network = shared_keys.network AND l.key = shared_keys.key)",
+                params![
+                    network,
+                    DELETING,
+                    HELD,
+                    now().saturating_sub(older_than_s) as i64
+                ],
+            )
+        })
+    }
+
+    /// Forgets an address key etcd deleted (or no longer has as this host's).
+    pub fn drop_deleted_key(&self, network: &str, address: IpAddr) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            tx.execute(
+                "DELETE FROM shared_keys WHERE network = ?1 AND key = ?2 AND state = ?3",
+                params![network, key_of_addr(address), DELETING],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The first step of lending `block`: private -> lending (nothing more is
+    /// allocated in it here), with the addresses leased in it then. `None`
+    /// if it is not private (any more).
+    pub fn begin_lend(
+        &self,
+        network: &str,
+        block: IpNet,
+    ) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        self.write_shared(|tx| {
+            let n = tx.execute(
+                "UPDATE shared_blocks SET state = ?3 WHERE network = ?1 AND block = ?2 AND state = ?4",
+                params![network, block.to_string(), LENDING, PRIVATE],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            Ok(Some(leased_in(tx, network, block)?))
+        })
+    }
+
+    /// etcd took the lend at `revision`: the block is shared, and every
+    /// address leased in it is held through a key (created at `revision`).
+    pub fn finish_lend(&self, network: &str, block: IpNet, revision: i64) -> Result<(), IpamError> {
+        let prefix_of_keys = |a: IpAddr| address_key_name(network, block, a);
+        self.write_shared(|tx| {
+            let n = tx.execute(
+                "UPDATE shared_blocks SET state = ?3, revision = ?4
+                 WHERE network = ?1 AND block = ?2 AND state = ?5",
+                params![network, block.to_string(), SHARED, revision, LENDING],
+            )?;
+            if n == 0 {
+                return Ok(());
+            }
+            for a in leased_in(tx, network, block)? {
+                tx.execute(
+                    "INSERT OR REPLACE INTO shared_keys
+                       (network, key, block, etcd_key, revision, state, since)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        network,
+                        key_of_addr(a),
+                        block.to_string(),
+                        prefix_of_keys(a),
+                        revision,
+                        HELD,
+                        now() as i64
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// etcd refused the lend (or never saw it): the block is private again.
+    pub fn abort_lend(&self, network: &str, block: IpNet) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            tx.execute(
+                "UPDATE shared_blocks SET state = ?3 WHERE network = ?1 AND block = ?2 AND state = ?4",
+                params![network, block.to_string(), PRIVATE, LENDING],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// etcd took the reclaim at `revision`: the block is private again and
+    /// its address keys (all this host's) are gone; its leases stay.
+    pub fn finish_reclaim(
+        &self,
+        network: &str,
+        block: IpNet,
+        revision: i64,
+    ) -> Result<(), IpamError> {
+        self.write_shared(|tx| {
+            let n = tx.execute(
+                "UPDATE shared_blocks SET state = ?3, revision = ?4
+                 WHERE network = ?1 AND block = ?2 AND state = ?5",
+                params![network, block.to_string(), PRIVATE, revision, SHARED],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "DELETE FROM shared_keys WHERE network = ?1 AND block = ?2",
+                    params![network, block.to_string()],
+                )?;
+                // Emptied by the reclaim: back to etcd like any other.
+                if leased_in(tx, network, block)?.is_empty() {
+                    mark_empty_blocks(tx, &[network]).map_err(to_sql)?;
+                }
+            }
             Ok(())
         })
     }
@@ -424,6 +651,82 @@ fn fills(conn: &Connection, network: &str) -> Result<Vec<BlockFill>, IpamError> 
         });
     }
     Ok(out)
+}
+
+/// One address key of this host, as the local store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressKey {
+    pub address: IpAddr,
+    pub block: IpNet,
+    pub etcd_key: String,
+    /// Its `create_revision`: the delete compares it.
+    pub revision: i64,
+    /// Its address left this host; the key is to be deleted in etcd.
+    pub deleting: bool,
+    /// Unix seconds it was recorded.
+    pub since: u64,
+    /// A lease uses its address.
+    pub leased: bool,
+}
+
+/// The etcd key of `address` in `block` of `network`
+/// (`P/addrs/BLOCK/ADDRESS`).
+pub fn address_key_name(network: &str, block: IpNet, address: IpAddr) -> String {
+    format!(
+        "{}addrs/{}/{address}",
+        crate::ipam::shared::prefix(network),
+        crate::ipam::shared::block_name(block)
+    )
+}
+
+fn is_member(tx: &Transaction<'_>, network: &str, epoch: i64) -> rusqlite::Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM shared WHERE network = ?1 AND epoch = ?2 AND state = 'member'",
+            params![network, epoch],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The addresses leased in `block` of `network`.
+fn leased_in(conn: &Connection, network: &str, block: IpNet) -> rusqlite::Result<Vec<IpAddr>> {
+    let (lo, hi) = bounds(block);
+    let mut stmt = conn.prepare_cached(
+        "SELECT key FROM leases WHERE network = ?1 AND key >= ?2 AND key <= ?3 ORDER BY key",
+    )?;
+    let keys = stmt.query_map(params![network, lo, hi], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for k in keys {
+        out.extend(super::addr_of_key(&k?));
+    }
+    Ok(out)
+}
+
+fn to_sql(e: IpamError) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string())))
+}
+
+/// In a release's transaction: the address keys of the released leases
+/// are to be deleted in etcd. Returns the networks that have some.
+pub(super) fn mark_keys_for_deletion(
+    tx: &Transaction<'_>,
+    freed: &[super::Lease],
+) -> Result<Vec<String>, IpamError> {
+    let mut marked = Vec::new();
+    for l in freed {
+        let n = tx
+            .prepare_cached(
+                "UPDATE shared_keys SET state = ?3 WHERE network = ?1 AND key = ?2 AND state = ?4",
+            )
+            .and_then(|mut s| s.execute(params![l.network, key_of_addr(l.address), DELETING, HELD]))
+            .map_err(db)?;
+        if n > 0 {
+            marked.push(l.network.clone());
+        }
+    }
+    Ok(marked)
 }
 
 /// How many addresses a block spans (its usable ones are a few fewer).
@@ -639,7 +942,11 @@ mod tests {
             }]
         };
         let e = reserve(&s, "a", claim(true, want("192.168.32.5"))).unwrap_err();
-        assert!(e.to_string().contains("not in a block of this host"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not in a private block of this host"),
+            "{e}"
+        );
         assert_eq!(
             reserve(&s, "b", claim(true, want("192.168.32.20"))).unwrap(),
             vec!["192.168.32.20".parse::<IpAddr>().unwrap()]
@@ -713,5 +1020,93 @@ mod tests {
         reserve(&s, "c", claim(false, pooled())).unwrap();
         s.release_owner("c").unwrap();
         assert!(s.take_returning().is_empty());
+    }
+
+    #[test]
+    fn address_keys_are_used_once_and_given_back_on_release() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        s.record_join(&in_fence()).unwrap();
+        let other: IpNet = "192.168.32.32/28".parse().unwrap();
+        let a: IpAddr = "192.168.32.37".parse().unwrap();
+        let k = address_key_name("lan", other, a);
+        assert!(
+            k.ends_with("/lan/addrs/192.168.32.32-28/192.168.32.37"),
+            "{k}"
+        );
+        // No block, no key: the caller must claim or borrow.
+        assert!(matches!(
+            reserve(&s, "c0", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        // A borrowed key is used by the next reservation, once.
+        assert!(s.record_key("lan", 7, a, other, &k, 40).unwrap());
+        assert!(!s.record_key("lan", 8, a, other, &k, 40).unwrap());
+        assert_eq!(reserve(&s, "c0", claim(true, pooled())).unwrap(), vec![a]);
+        assert!(matches!(
+            reserve(&s, "c1", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        let keys = s.address_keys("lan").unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].leased && !keys[0].deleting && keys[0].revision == 40);
+        // Released: the key is to be deleted, and no longer usable.
+        s.release_owner("c0").unwrap();
+        assert_eq!(s.take_returning(), vec!["lan".to_string()]);
+        let keys = s.address_keys("lan").unwrap();
+        assert!(!keys[0].leased && keys[0].deleting);
+        assert!(matches!(
+            reserve(&s, "c1", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        s.drop_deleted_key("lan", a).unwrap();
+        assert!(s.address_keys("lan").unwrap().is_empty());
+        // A key no reservation used is given up after a while.
+        s.record_key("lan", 7, a, other, &k, 41).unwrap();
+        assert_eq!(s.give_up_unused_keys("lan", 60).unwrap(), 0);
+        assert_eq!(s.give_up_unused_keys("lan", 0).unwrap(), 0);
+        s.write_shared(|tx| tx.execute("UPDATE shared_keys SET since = since - 120", []))
+            .unwrap();
+        assert_eq!(s.give_up_unused_keys("lan", 60).unwrap(), 1);
+        assert!(s.address_keys("lan").unwrap()[0].deleting);
+    }
+
+    #[test]
+    fn lending_publishes_the_leases_and_reclaiming_takes_the_block_back() {
+        let dir = TempDir::new();
+        let s = SqliteStore::open(&dir.0).unwrap();
+        s.record_join(&in_fence()).unwrap();
+        let b: IpNet = "192.168.32.16/29".parse().unwrap();
+        s.record_block("lan", 7, b, 3).unwrap();
+        let first = reserve(&s, "c0", claim(true, pooled())).unwrap();
+        let leased = s.begin_lend("lan", b).unwrap().unwrap();
+        assert_eq!(leased, first);
+        // Lending: nothing more is handed out in it, and it cannot be lent twice.
+        assert!(matches!(
+            reserve(&s, "c1", claim(true, pooled())),
+            Err(IpamError::NeedsBlock { .. })
+        ));
+        assert_eq!(s.begin_lend("lan", b).unwrap(), None);
+        // Refused: private again.
+        s.abort_lend("lan", b).unwrap();
+        assert_eq!(s.block_fills("lan").unwrap()[0].state, PRIVATE);
+        // Lent: shared, the lease held through a key of the lend's revision.
+        s.begin_lend("lan", b).unwrap().unwrap();
+        s.finish_lend("lan", b, 50).unwrap();
+        let fill = &s.block_fills("lan").unwrap()[0];
+        assert_eq!((fill.state.as_str(), fill.revision), (SHARED, 50));
+        let keys = s.address_keys("lan").unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].address, keys[0].revision), (first[0], 50));
+        assert_eq!(keys[0].etcd_key, address_key_name("lan", b, first[0]));
+        // Taken back: private, keys gone, the lease stays.
+        s.finish_reclaim("lan", b, 60).unwrap();
+        let fill = &s.block_fills("lan").unwrap()[0];
+        assert_eq!(
+            (fill.state.as_str(), fill.revision, fill.used),
+            (PRIVATE, 60, 1)
+        );
+        assert!(s.address_keys("lan").unwrap().is_empty());
+        assert_eq!(reserve(&s, "c1", claim(true, pooled())).unwrap().len(), 1);
     }
 }
