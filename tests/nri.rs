@@ -6,6 +6,7 @@
 //! malformed input and check it neither crashes, hangs nor leaks.
 
 mod common;
+mod etcd_harness;
 mod nri_runtime;
 
 use std::os::fd::AsRawFd;
@@ -1444,4 +1445,79 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
+}
+
+/// The host key's `mod_revision` in etcd (changes with every heartbeat).
+fn host_key_revision(lan: &FakeLan, etcd: &etcd_harness::Etcd, network: &str, host: &str) -> i64 {
+    let url = etcd.url();
+    let key = format!("/netattach/v1/networks/{network}/hosts/{host}");
+    etcd_harness::in_netns(lan.host_ns(), || {
+        let client = netattach::etcd::Client::new(&[url], Default::default()).unwrap();
+        client
+            .get(key.as_bytes())
+            .unwrap()
+            .map_or(0, |kv| kv.mod_revision)
+    })
+}
+
+#[test]
+fn the_plugin_heartbeats_shared_networks_from_its_own_thread() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.host.ip(&["link", "set", "lo", "up"]);
+    let Some(etcd) = etcd_harness::Etcd::start_in_netns_or_skip(lan.host_ns(), "127.0.0.1") else {
+        return;
+    };
+    let url = etcd.url();
+    lan.netattach_ok(&[
+        "network",
+        "create",
+        "--etcd",
+        &url,
+        "--host-id",
+        "node1",
+        "--subnet",
+        "192.168.32.0/24",
+        "--ip-range",
+        "192.168.32.64/26",
+        "-o",
+        &format!("parent={}", lan.parent),
+        "shared",
+    ]);
+    let joined = host_key_revision(&lan, &etcd, "shared", "node1");
+    assert!(joined > 0);
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    // Registration ends with Synchronize, which asks the etcd thread for a
+    // round: a heartbeat, with no pod started.
+    let rt = accept(&listener, &Options::default());
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            host_key_revision(&lan, &etcd, "shared", "node1") > joined
+        }),
+        "no heartbeat after Synchronize; log:\n{}",
+        plugin.log()
+    );
+    // A pod on the shared network gets an address of this host's block.
+    let ns = lan.container_ns("p");
+    let pod = Pod::new("podshared", ns.path_str()).annotate(ANNOTATION, "shared");
+    rt.run_pod(&pod).unwrap();
+    let addrs = common::addrs(&ns.name, "eth0");
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert!(addrs[0].starts_with("192.168.32."), "{addrs:?}");
+    let ls = lan.netattach_ok(&["host", "ls", "--json", "shared"]);
+    let v: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    let blocks = v[0]["hosts"][0]["blocks"].as_array().unwrap().clone();
+    assert_eq!(blocks.len(), 1, "{ls}");
+    rt.remove_pod(&pod).unwrap();
+    assert!(lan.addresses_of("podshared").is_empty());
+    assert!(
+        !plugin.log().contains("ERROR"),
+        "plugin log:\n{}",
+        plugin.log()
+    );
+    assert_clean_framing(&rt);
 }

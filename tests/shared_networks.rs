@@ -1232,3 +1232,101 @@ fn a_forgotten_lenders_blocks_stay_taken_while_borrowed() {
     assert_leases_accounted(&lan, &etcd, "orph", h1);
     lan.assert_unique_on_wire(&all);
 }
+
+#[test]
+fn a_host_forgotten_while_running_joins_again_with_its_live_addresses() {
+    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+        return;
+    };
+    lan.share(
+        &etcd,
+        "keep",
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    lan.share(
+        &etcd,
+        "lost",
+        &["--ip-range", "192.168.34.0/27", "--block-prefix", "29"],
+    );
+    let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
+    let (mut keep, failed) = split(h0.attach_many("keep", 3));
+    assert!(failed.is_empty(), "{failed:?}");
+    let (lost, failed) = split(h0.attach_many("lost", 3));
+    assert!(failed.is_empty(), "{failed:?}");
+    // The operator wrongly forgets h0, whose containers still run.
+    let said = h1.ok(&["host", "forget", "--force", &h0.id]);
+    assert!(
+        said.contains("network keep: host host0 forgotten"),
+        "{said}"
+    );
+    // On "lost", h1 takes every block, h0's old one too: its three
+    // addresses are now given out twice (what forgetting a live host does).
+    let (taken, failed) = split(h1.attach_many("lost", 32));
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(taken.len(), 32);
+    // A join again notices, joins with a new epoch and registers what is
+    // still live: "keep"'s block is free, so it is claimed back.
+    let out = h0.netattach(&[
+        "network",
+        "join",
+        "--etcd",
+        &etcd.url(),
+        "--host-id",
+        &h0.id,
+        "-o",
+        "parent=lan0",
+        "keep",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let e = common::stderr(&out);
+    assert!(
+        e.contains("this host was forgotten; it joined again"),
+        "{e}"
+    );
+    assert!(e.contains("claimed again with its 3 live lease(s)"), "{e}");
+    assert_leases_accounted(&lan, &etcd, "keep", h0);
+    keep.extend(h0.attach_many("keep", 2).into_iter().map(|r| r.unwrap()));
+    assert_leases_accounted(&lan, &etcd, "keep", h0);
+    assert_distinct(&keep);
+    lan.assert_unique_on_wire(&keep);
+    // On "lost", each live address is reported, by address and container.
+    let out = h0.netattach(&[
+        "network",
+        "join",
+        "--etcd",
+        &etcd.url(),
+        "--host-id",
+        &h0.id,
+        "-o",
+        "parent=lan0",
+        "lost",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let e = common::stderr(&out);
+    for a in &lost {
+        assert!(
+            e.contains(&format!(
+                "{} of {} lies in block 192.168.34.",
+                a.address, a.id
+            )) && e.contains("which host host1 now holds: restart that container"),
+            "{e}"
+        );
+    }
+    // A join when nothing changed says nothing.
+    let out = h0.netattach(&[
+        "network",
+        "join",
+        "--etcd",
+        &etcd.url(),
+        "--host-id",
+        &h0.id,
+        "-o",
+        "parent=lan0",
+        "keep",
+    ]);
+    assert!(
+        out.status.success() && common::stderr(&out).is_empty(),
+        "{}",
+        common::text(&out)
+    );
+}

@@ -13,7 +13,7 @@ use crate::config::{
     Shared, Subnet,
 };
 use crate::deadline::Deadline;
-use crate::ipam::{shared, LeaseStore};
+use crate::ipam::{rejoin, shared, LeaseStore};
 use crate::netlink::Netlink;
 
 #[derive(Subcommand)]
@@ -154,8 +154,15 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
                 anyhow!("-o parent=INTERFACE is required: the definition in etcd has no parent, each host has its own")
             })?;
             let store = ctx.store()?;
-            if already_joined(&dir, &store, &args.name, &host)? {
-                println!("{}", args.name);
+            // Defined here already: a join checks the membership in etcd,
+            // and joins again (registering the live leases) if this host
+            // was forgotten.
+            if let Some(net) = dir.load(&args.name).ok().filter(|n| n.shared.is_some()) {
+                for line in rejoin::rejoin(store.local(), &net, &host, Deadline::after(ETCD_WAIT))?
+                {
+                    eprintln!("netattach: {line}");
+                }
+                println!("{}", net.name);
                 return Ok(());
             }
             refuse_existing(&dir, &args.name)?;
@@ -255,22 +262,6 @@ fn refuse_existing(dir: &crate::config::NetworkDir, name: &str) -> Result<()> {
         Err(e) => Err(e.into()),
         Ok(_) => Err(ConfigError::Exists(name.to_string()).into()),
     }
-}
-
-/// Whether this host already joined the network as `host`, with its
-/// definition in place: joining again is then a no-op.
-fn already_joined(
-    dir: &crate::config::NetworkDir,
-    store: &crate::ipam::store::Store,
-    name: &str,
-    host: &str,
-) -> Result<bool> {
-    let defined = dir.load(name).is_ok_and(|n| n.shared.is_some());
-    let member = store
-        .local()
-        .shared_state(name)?
-        .is_some_and(|st| !st.forgotten && st.host == host);
-    Ok(defined && member)
 }
 
 /// The definition of a new shared network: the local flags' definition,

@@ -4,6 +4,7 @@
 
 pub mod lending;
 pub mod pool;
+pub mod rejoin;
 pub mod shared;
 pub mod sqlite;
 pub mod store;
