@@ -54,8 +54,11 @@ the writer. The report's `disk` says which ran.
 Everything happens in namespaces this script creates (`nabench-*`): a host side
 holding the parent `lan0`, a LAN side holding the gateway. Run as root:
 
-  bench/attach.py [--runs N] [--smoke] [--binary PATH] [--json FILE] [--skip-nri]
-                  [--busy-disk | --both]
+  bench/attach.py [--runs N] [--smoke] [--binary PATH] [--baseline PATH] [--json FILE]
+                  [--skip-nri] [--busy-disk | --both]
+
+--baseline PATH adds a row `netattach-hook-base`: the hook of another build
+(say, the commit before a change), with its own state, in the same rounds.
 """
 
 import argparse
@@ -131,13 +134,19 @@ def cleanup(work):
 class Tools:
     """Each tool's attach and release for run `i` into netns `ns`."""
 
-    def __init__(self, work, binary, dual=False, pooled=False):
+    def __init__(self, work, binary, dual=False, pooled=False, baseline=None):
         self.work, self.bin, self.dual, self.pooled = work, binary, dual, pooled
+        self.baseline = baseline
         self.env = dict(os.environ, NETATTACH_CONFIG_DIR=f"{work}/na-config", NETATTACH_STATE_DIR=f"{work}/na-state")
-        create = [binary, "network", "create", "-d", "macvlan", "--subnet", "192.168.32.0/24", "--gateway", "192.168.32.254"]
+        # The baseline binary (--baseline) gets state and config of its own.
+        self.env_base = dict(os.environ, NETATTACH_CONFIG_DIR=f"{work}/base-config",
+                             NETATTACH_STATE_DIR=f"{work}/base-state")
+        create = ["network", "create", "-d", "macvlan", "--subnet", "192.168.32.0/24", "--gateway", "192.168.32.254"]
         if dual:
             create += ["--subnet", "2001:db8:32::/64", "--gateway", "2001:db8:32::fe"]
-        subprocess.run(create + ["-o", "parent=lan0", "lan"], env=self.env, check=True, capture_output=True)
+        for b, env in ((binary, self.env), (baseline, self.env_base)):
+            if b:
+                subprocess.run([b] + create + ["-o", "parent=lan0", "lan"], env=env, check=True, capture_output=True)
         os.makedirs(f"{work}/netavark", exist_ok=True)
         self.parent = socket.if_nametoindex("lan0")  # in the host netns, where this process is
 
@@ -149,6 +158,12 @@ class Tools:
         return (v4, v6) if self.dual else (v4, None)
 
     def netattach_hook(self, i, ns, release=False):
+        return self.hook(self.bin, self.env, i, ns, release)
+
+    def netattach_hook_base(self, i, ns, release=False):
+        return self.hook(self.baseline, self.env_base, i, ns, release)
+
+    def hook(self, binary, env, i, ns, release):
         v4, v6 = self.addresses(i)
         ips = [f"{a}/{p}" for a, p in ((v4, 24), (v6, 64)) if a]
         bundle = f"{self.work}/bundle-{ns}"
@@ -161,7 +176,7 @@ class Tools:
             "annotations": {"netattach/networks": json.dumps([{"name": "lan", "ips": ips}]) if ips else "lan"},
         }
         verb = "release" if release else "attach"
-        return timed([self.bin, "hook", verb], json.dumps(state).encode(), self.env)
+        return timed([binary, "hook", verb], json.dumps(state).encode(), env)
 
     def netattach_cli(self, i, ns, release=False):
         if release:
@@ -263,12 +278,15 @@ def summary(samples):
     return {"median": statistics.median(s), "p90": pick(0.90), "p99": pick(0.99), "min": s[0], "max": s[-1], "n": len(s)}
 
 
-def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_RUNS):
-    tools = Tools(work, binary, dual, pooled)
-    fns = {"netattach-hook": tools.netattach_hook, "netattach-cli": tools.netattach_cli,
+def run_variant(work, binary, dual, pooled, runs, batch, cni_dual_runs=CNI_DUAL_RUNS, baseline=None):
+    tools = Tools(work, binary, dual, pooled, baseline)
+    fns = {"netattach-hook": tools.netattach_hook, "netattach-hook-base": tools.netattach_hook_base,
+           "netattach-cli": tools.netattach_cli,
            "netavark": tools.netavark, "cni": tools.cni,
            "floor-ip-batch": tools.floor_ip_batch, "floor-spawn": tools.floor_spawn}
     names = POOLED_TOOLS if pooled else TOOLS
+    if baseline:
+        names = names[:1] + ["netattach-hook-base"] + names[1:]
     attach = {t: [] for t in names}
     release = {t: [] for t in names}
     for start in range(0, runs, batch):
@@ -352,7 +370,7 @@ def busy_disk(directory):
             os.unlink(path)
 
 
-def measure(work, binary, runs, smoke, busy):
+def measure(work, binary, runs, smoke, busy, baseline=None):
     """The attach variants and the runc starts, with the disk quiet or busy.
     `work` holds netattach's state directories, and the busy writer's file."""
     results = {"disk": "busy" if busy else "quiet", "variants": {}}
@@ -360,7 +378,8 @@ def measure(work, binary, runs, smoke, busy):
         for name, dual, pooled in (("ipv4", False, False), ("dual-stack", True, False), ("pooled-ipv4", False, True)):
             os.makedirs(f"{work}/{name}")
             results["variants"][name] = run_variant(
-                f"{work}/{name}", binary, dual, pooled, runs, batch=25, cni_dual_runs=1 if smoke else CNI_DUAL_RUNS)
+                f"{work}/{name}", binary, dual, pooled, runs, batch=25, cni_dual_runs=1 if smoke else CNI_DUAL_RUNS,
+                baseline=baseline)
         os.makedirs(f"{work}/containers")
         results["container"] = run_containers(f"{work}/containers", binary, runs)
     return results
@@ -471,6 +490,7 @@ def main():
     ap.add_argument("--busy-disk", action="store_true",
                     help="measure while a writer loops write + fsync on the state directories' file system")
     ap.add_argument("--both", action="store_true", help="measure with the disk quiet, then busy")
+    ap.add_argument("--baseline", help="another netattach binary (an earlier build) measured as one more hook row")
     ap.add_argument("--skip-nri", action="store_true", help="leave out the NRI round trips (they build tests/nri.rs and tests/containerd.rs)")
     args = ap.parse_args()
     runs = 3 if args.smoke else args.runs
@@ -491,7 +511,8 @@ def main():
         enter_host_ns()
         for busy in modes:
             os.makedirs(f"{work}/{'busy' if busy else 'quiet'}")
-            measured.append(measure(f"{work}/{'busy' if busy else 'quiet'}", binary, runs, args.smoke, busy))
+            measured.append(measure(f"{work}/{'busy' if busy else 'quiet'}", binary, runs, args.smoke, busy,
+                                    baseline=os.path.abspath(args.baseline) if args.baseline else None))
     finally:
         cleanup(work)
     if not args.skip_nri:
