@@ -259,6 +259,12 @@ pub struct Network {
     /// (docs/multi-host.md); absent for a network of this host alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<Shared>,
+    /// This host's own addresses on the network (at most one per family):
+    /// netattach keeps a link of the host on the parent with them, through
+    /// which the host reaches its containers (src/hostlink.rs). Each is
+    /// also an aux address, so it is never handed out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_addresses: Vec<IpAddr>,
 }
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
@@ -451,6 +457,7 @@ impl Network {
         if let Some(shared) = &self.shared {
             self.validate_shared(shared)?;
         }
+        self.validate_host_addresses()?;
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate(&format!("subnets[{i}]"))?;
             for (j, other) in self.subnets.iter().enumerate().skip(i + 1) {
@@ -462,6 +469,67 @@ impl Network {
                         format!("{} overlaps {}", other.subnet, s.subnet),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host's own addresses: in a subnet, reserved as aux addresses, one
+    /// per family, and on a kind of link that can talk to its siblings
+    /// (macvlan bridge, ipvlan l2 without the private or vepa flag).
+    fn validate_host_addresses(&self) -> Result<(), InvalidNetwork> {
+        if self.host_addresses.is_empty() {
+            return Ok(());
+        }
+        let field = "host_addresses";
+        if self.shared.is_some() {
+            return Err(invalid(
+                field,
+                "a shared network's definition is the same on every host, a host address is not: \
+                 not supported on shared networks yet",
+            ));
+        }
+        match (self.driver, self.mode(), self.flag()) {
+            (Driver::Macvlan, Mode::Bridge, _) | (Driver::Ipvlan, Mode::L2, IpvlanFlag::Bridge) => {
+            }
+            (driver, mode, _) => {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "the host reaches its containers only through macvlan bridge or ipvlan l2 \
+                         (bridge flag) links, not {driver} {mode}"
+                    ),
+                ))
+            }
+        }
+        for (i, a) in self.host_addresses.iter().enumerate() {
+            let Some(s) = self.subnets.iter().find(|s| s.subnet.contains(a)) else {
+                return Err(invalid(
+                    field,
+                    format!("{a} is in no subnet of the network"),
+                ));
+            };
+            if s.gateway() == Some(*a) {
+                return Err(invalid(
+                    field,
+                    format!("{a} is the gateway of {}", s.subnet),
+                ));
+            }
+            if !s.aux_addresses.values().any(|x| x == a) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{a} must also be an aux address of {}, so that it is never handed out \
+                         (network create --host-address adds it)",
+                        s.subnet
+                    ),
+                ));
+            }
+            if self.host_addresses[..i]
+                .iter()
+                .any(|b| b.is_ipv4() == a.is_ipv4())
+            {
+                return Err(invalid(field, "at most one address per family"));
             }
         }
         Ok(())
@@ -998,6 +1066,7 @@ mod tests {
             .insert("my-router".into(), "192.168.32.129".parse().unwrap());
         Network {
             shared: None,
+            host_addresses: Vec::new(),
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -1014,6 +1083,7 @@ mod tests {
     fn ipvlan() -> Network {
         Network {
             shared: None,
+            host_addresses: Vec::new(),
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),

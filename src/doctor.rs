@@ -183,6 +183,7 @@ pub fn parents(
                 }
             },
         };
+        problems.extend(crate::hostlink::check(host, net)?);
         for other in networks
             .iter()
             .filter(|o| o.name != net.name && o.parent == net.parent)

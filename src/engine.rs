@@ -264,7 +264,12 @@ fn attach_defined(
 /// (the usual poststop) the links die with it and are not deleted one by one
 /// (the kernel takes ~16 ms per link). `hint` is a path that may open the
 /// owner's netns (checked by identity); without it `/proc` is searched.
-pub fn release(store: &dyn LeaseStore, owner: &str, hint: Option<&Path>) -> Result<Vec<Lease>> {
+pub fn release(
+    store: &dyn LeaseStore,
+    networks: &NetworkDir,
+    owner: &str,
+    hint: Option<&Path>,
+) -> Result<Vec<Lease>> {
     let attachments = store.attachments_of(owner)?;
     let mut namespaces = Namespaces::new().with_hint(hint);
     let mut kept = Vec::new();
@@ -276,9 +281,12 @@ pub fn release(store: &dyn LeaseStore, owner: &str, hint: Option<&Path>) -> Resu
         }
     }
     if kept.is_empty() {
-        return Ok(store.release_owner(owner)?);
+        let freed = store.release_owner(owner)?;
+        forget_host_routes(networks, &freed)?;
+        return Ok(freed);
     }
     let freed = store.release_networks(owner, &freeable)?;
+    forget_host_routes(networks, &freed)?;
     let freed: Vec<String> = freed
         .iter()
         .map(|l| format!("{} {}", l.network, l.address))
@@ -299,6 +307,30 @@ pub fn release(store: &dyn LeaseStore, owner: &str, hint: Option<&Path>) -> Resu
 /// that needs `force`, and then the interface is removed and every lease of
 /// that attachment freed; returns the freed leases.
 pub fn release_address(
+    store: &dyn LeaseStore,
+    networks: &NetworkDir,
+    network: &str,
+    address: IpAddr,
+    force: bool,
+) -> Result<Vec<Lease>> {
+    let freed = release_address_only(store, network, address, force)?;
+    forget_host_routes(networks, &freed)?;
+    Ok(freed)
+}
+
+/// The routes through host links (src/hostlink.rs) of addresses just
+/// freed go; failing that, the error says the leases are free anyway.
+pub fn forget_host_routes(networks: &NetworkDir, freed: &[Lease]) -> Result<()> {
+    crate::hostlink::after_release(networks, freed).with_context(|| {
+        let what: Vec<String> = freed.iter().map(|l| l.address.to_string()).collect();
+        format!(
+            "released {}, but their routes through the host link could not be removed",
+            what.join(", ")
+        )
+    })
+}
+
+fn release_address_only(
     store: &dyn LeaseStore,
     network: &str,
     address: IpAddr,
@@ -452,6 +484,22 @@ fn apply(
         )?;
     }
     crate::timing::mark("default routes");
+    // The host's routes to the new addresses through the networks' host
+    // links (only networks with host addresses), all or none.
+    let mut routed: Vec<(&Network, Vec<IpAddr>)> = Vec::new();
+    for (plan, leases) in plans.iter().zip(&reservation.leases) {
+        if plan.network.host_addresses.is_empty() {
+            continue;
+        }
+        let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
+        if let Err(e) = crate::hostlink::add_routes(host, store, &plan.network, &addresses) {
+            for (net, addresses) in &routed {
+                let _ = crate::hostlink::remove_routes(host, net, addresses);
+            }
+            return Err(e);
+        }
+        routed.push((&plan.network, addresses));
+    }
     Ok(attached)
 }
 
@@ -627,7 +675,7 @@ fn configure_link(
         })
 }
 
-fn link_kind(net: &Network) -> LinkKind {
+pub(crate) fn link_kind(net: &Network) -> LinkKind {
     match net.driver {
         Driver::Macvlan => LinkKind::Macvlan(match net.mode() {
             Mode::Vepa => MacVlanMode::Vepa,

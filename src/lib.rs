@@ -15,6 +15,7 @@ pub mod engine;
 pub mod etcd;
 pub mod gc;
 pub mod hook;
+pub mod hostlink;
 pub mod identity;
 pub mod ipam;
 pub mod liveness;

@@ -41,6 +41,8 @@ enum Command {
     Lease(cli::lease::LeaseCommand),
     /// Free the leases of containers whose network namespace is gone.
     Gc(cli::gc::GcArgs),
+    /// Make every network's host link (--host-address) as it should be.
+    HostLinks(cli::hostlinks::HostLinksArgs),
     /// Kernel support for macvlan, ipvlan and 802.1Q; each network's parent.
     Doctor(cli::doctor::DoctorArgs),
     /// NRI plugin for containerd and CRI-O: attach pods' networks.
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Host(cmd) => cli::host::run(&ctx, cmd),
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
         Command::Gc(args) => cli::gc::run(&ctx, args),
+        Command::HostLinks(args) => cli::hostlinks::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
         Command::Nri(args) => cli::nri::run(&ctx, args),
     };

@@ -703,3 +703,61 @@ fn doctor_loads_missing_modules_on_demand() {
     assert_eq!(feature(&report, "ipvlan")["how"], "loaded module");
     assert_eq!(feature(&report, "802.1Q")["how"], "loaded module");
 }
+
+#[test]
+#[ignore = "needs ipvlan and 802.1Q: runs in the VM (tests/vm.rs)"]
+fn ipvlan_l2_host_link_reaches_the_containers_both_ways() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    // The host's own addresses on the network, IPv4 and IPv6.
+    let host4 = "192.168.32.250";
+    let host6 = "2001:db8:32::fa";
+    lan.create_network_on(
+        "ipvlan",
+        "lan0",
+        "iv",
+        &[
+            "--subnet",
+            SUBNET4,
+            "--gateway",
+            GW4,
+            "--subnet",
+            SUBNET6,
+            "--gateway",
+            GW6,
+            "--host-address",
+            host4,
+            "--host-address",
+            host6,
+        ],
+    );
+    let link = common::exec_in(lan.host_ns(), &["ip", "-j", "-d", "link", "show", "na-iv"]);
+    let link: Value = serde_json::from_slice(&link.stdout).unwrap();
+    assert_eq!(link[0]["linkinfo"]["info_kind"], "ipvlan", "{link}");
+    assert_eq!(link[0]["linkinfo"]["info_data"]["mode"], "l2", "{link}");
+    let ns = lan.container_ns("a");
+    attach(
+        &lan,
+        &ns,
+        "ctr-a",
+        &["192.168.32.20", "2001:db8:32::20"],
+        "iv",
+    );
+    // No ip range: each container address is a host route through the link.
+    for addr in ["192.168.32.20", "2001:db8:32::20"] {
+        assert!(reaches(&lan.host, addr), "host -> {addr}");
+    }
+    assert!(reaches(&ns, host4), "container -> {host4}");
+    assert!(reaches(&ns, host6), "container -> {host6}");
+    lan.netattach_ok(&["detach", "--id", "ctr-a"]);
+    let routes = common::exec_in(
+        lan.host_ns(),
+        &["ip", "-6", "route", "show", "dev", "na-iv"],
+    );
+    assert!(
+        !String::from_utf8_lossy(&routes.stdout).contains("2001:db8:32::20"),
+        "{routes:?}"
+    );
+}

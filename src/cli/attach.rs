@@ -83,7 +83,12 @@ pub fn run_detach(ctx: &Context, args: DetachArgs) -> Result<()> {
     };
     // The owner's interfaces are removed first wherever its netns still lives;
     // --netns only saves looking for it.
-    let freed = engine::release(&ctx.store()?, &owner, args.netns.as_deref())?;
+    let freed = engine::release(
+        &ctx.store()?,
+        &ctx.networks(),
+        &owner,
+        args.netns.as_deref(),
+    )?;
     for lease in freed {
         println!(
             "released {} {}/{}",

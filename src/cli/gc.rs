@@ -19,6 +19,11 @@ pub struct GcArgs {
 pub fn run(ctx: &Context, args: GcArgs) -> Result<()> {
     let store = ctx.store()?;
     let freed = crate::gc::collect(&store)?;
+    for f in &freed {
+        if let Err(e) = crate::engine::forget_host_routes(&ctx.networks(), &f.leases) {
+            eprintln!("netattach: {e:#}");
+        }
+    }
     let vlans = crate::vlan::prune(&mut Netlink::open()?, &store, &ctx.networks())?;
     // Shared networks: a due heartbeat, the local blocks checked against
     // etcd's, and empty blocks whose return etcd missed sent back.

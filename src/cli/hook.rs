@@ -72,7 +72,12 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
         Verb::Release => {
             let store = ctx.store()?;
             store.set_deadline(Some(deadline(ctx, input.timeout)));
-            engine::release(&store, &input.container_id, input.netns.as_deref())?;
+            engine::release(
+                &store,
+                &ctx.networks(),
+                &input.container_id,
+                input.netns.as_deref(),
+            )?;
         }
     }
     Ok(())

@@ -93,7 +93,7 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
         LeaseCommand::Release {
             owner: Some(owner), ..
         } => {
-            for l in engine::release(&store, &owner, None)? {
+            for l in engine::release(&store, &ctx.networks(), &owner, None)? {
                 println!("released {} {}", l.network, l.address);
             }
         }
@@ -123,7 +123,7 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
             };
             match networks.first() {
                 Some(n) => {
-                    for l in engine::release_address(&store, n, address, force)? {
+                    for l in engine::release_address(&store, &ctx.networks(), n, address, force)? {
                         println!("released {} {}", l.network, l.address);
                     }
                 }

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod gc;
 pub mod hook;
 pub mod host;
+pub mod hostlinks;
 pub mod lease;
 pub mod network;
 pub mod nri;

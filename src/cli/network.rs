@@ -67,6 +67,11 @@ pub struct CreateArgs {
     /// Address never handed out, as name=ip; repeatable.
     #[arg(long = "aux-address")]
     aux_address: Vec<String>,
+    /// This host's own address on the network (one per family; also `-o
+    /// host_address=IP`): netattach keeps a link of the host on the parent
+    /// with it, so that the host reaches its containers and they reach it.
+    #[arg(long = "host-address")]
+    host_address: Vec<IpAddr>,
     /// No default route through this network.
     #[arg(long)]
     internal: bool,
@@ -76,7 +81,8 @@ pub struct CreateArgs {
     /// pool (addresses handed out) or static (only requested addresses).
     #[arg(long, default_value = "pool")]
     ipam: String,
-    /// Driver options: parent=, macvlan_mode=, ipvlan_mode=, ipvlan_flag=, mtu=;
+    /// Driver options: parent=, macvlan_mode=, ipvlan_mode=, ipvlan_flag=, mtu=,
+    /// host_address=;
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -134,11 +140,13 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
             shared::publish_config(&client, &net)?;
             shared::join(store.local(), &net, &host, Deadline::after(ETCD_WAIT))?;
             dir.create(&net)?;
+            host_link_now(ctx, &net)?;
             println!("{}", net.name);
         }
         NetworkCommand::Create(args) => {
             let net = definition_from(args)?;
             dir.create(&net)?;
+            host_link_now(ctx, &net)?;
             println!("{}", net.name);
         }
         NetworkCommand::Join(args) => {
@@ -210,6 +218,9 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
                     if net.shared.is_some() {
                         leave(&store, &net, force)?;
                     }
+                    if !net.host_addresses.is_empty() {
+                        crate::hostlink::remove(&mut Netlink::open()?, &net)?;
+                    }
                 }
                 dir.remove(&name)?;
                 println!("{name}");
@@ -230,6 +241,26 @@ fn net_endpoints(net: &Network) -> Vec<String> {
         .as_ref()
         .map(|s| s.etcd.clone())
         .unwrap_or_default()
+}
+
+/// A new network's host link, made now when its parent exists (else by the
+/// first attach or `netattach host-links`).
+fn host_link_now(ctx: &super::Context, net: &Network) -> Result<()> {
+    if net.host_addresses.is_empty() {
+        return Ok(());
+    }
+    let mut nl = Netlink::open()?;
+    let parent_missing = nl.link_by_name(&net.parent)?.is_none()
+        && !matches!(crate::config::parse_vlan_parent(&net.parent), Ok(Some(_)));
+    if parent_missing {
+        eprintln!(
+            "netattach: network {}: parent {} does not exist yet; its host link is made by the first attach (or netattach host-links)",
+            net.name, net.parent
+        );
+        return Ok(());
+    }
+    crate::hostlink::ensure(&mut nl, &ctx.store()?, net)?;
+    Ok(())
 }
 
 /// This host leaves a shared network before its definition goes: with
@@ -305,6 +336,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut flag = None;
     let mut mtu = None;
     let mut requests = RequestPolicy::default();
+    let mut host_addresses = args.host_address.clone();
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -332,12 +364,17 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     _ => bail!("option request_mac: {value:?} is not true or false"),
                 }
             }
+            "host_address" => host_addresses.push(
+                value
+                    .parse()
+                    .map_err(|_| anyhow!("option host_address: {value:?} is not an IP address"))?,
+            ),
             "request_max_ips" => {
                 requests.max_ips = value
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, host_address, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -392,8 +429,26 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
             bail!("--aux-address: name {name:?} given twice");
         }
     }
+    // The host's address is reserved like Docker's documented workaround
+    // does it: as an aux address (unless one already names it).
+    for (i, ip) in host_addresses.iter().enumerate() {
+        if host_addresses[..i]
+            .iter()
+            .any(|o| o.is_ipv4() == ip.is_ipv4())
+        {
+            bail!("--host-address {ip}: at most one address per family");
+        }
+        let s = containing(&mut subnets, "host-address", *ip)?;
+        if !s.aux_addresses.values().any(|a| a == ip) {
+            let name = if ip.is_ipv4() { "host" } else { "host6" };
+            if s.aux_addresses.insert(name.to_string(), *ip).is_some() {
+                bail!("--host-address {ip}: the aux address name {name:?} is taken; give it as --aux-address too");
+            }
+        }
+    }
     let net = Network {
         shared: None,
+        host_addresses,
         name: args.name,
         driver,
         parent,

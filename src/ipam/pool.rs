@@ -128,6 +128,7 @@ mod tests {
     fn net(subnets: Vec<Subnet>, ipam: IpamMode) -> Network {
         Network {
             shared: None,
+            host_addresses: Vec::new(),
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

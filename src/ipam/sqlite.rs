@@ -1359,6 +1359,7 @@ mod tests {
     fn network(name: &str, subnets: Vec<Subnet>, ipam: IpamMode) -> Network {
         Network {
             shared: None,
+            host_addresses: Vec::new(),
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

@@ -309,7 +309,8 @@ impl Connection {
         let mut released = 0;
         for id in marked.iter().filter(|id| !alive.contains(id.as_str())) {
             if holders.contains(id) {
-                let leases = engine::release(&*store, id, None)?;
+                let networks = NetworkDir::new(self.plugin.paths().config_dir);
+                let leases = engine::release(&*store, &networks, id, None)?;
                 nri_log!(
                     info,
                     "synchronize: pod {id} is gone: released {}",
@@ -466,7 +467,8 @@ fn release_pod(plugin: &Plugin, owners: &Owners, pod: &Pod) -> Result<(), RpcErr
         .store()
         .and_then(|store| {
             let hint = (!pod.netns.is_empty()).then(|| Path::new(&pod.netns));
-            engine::release(&*store, &pod.id, hint)
+            let networks = NetworkDir::new(plugin.paths().config_dir);
+            engine::release(&*store, &networks, &pod.id, hint)
         })
         .map_err(|e| {
             nri_log!(error, "pod {} ({}): release: {e:#}", pod.label, pod.id);
