@@ -265,6 +265,10 @@ pub struct Network {
     /// also an aux address, so it is never handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_addresses: Vec<IpAddr>,
+    /// macvlan source mode: the stations whose frames the containers' links
+    /// receive (the kernel's allowed source MACs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub macvlan_sources: Vec<crate::request::MacAddr>,
 }
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
@@ -458,6 +462,20 @@ impl Network {
             self.validate_shared(shared)?;
         }
         self.validate_host_addresses()?;
+        match (self.driver, self.mode(), self.macvlan_sources.is_empty()) {
+            (Driver::Macvlan, Mode::Source, true) => return Err(invalid(
+                "macvlan_sources",
+                "macvlan source mode receives only frames from the stations it lists: give them \
+                     with -o macvlan_source=MAC[,MAC...]",
+            )),
+            (Driver::Macvlan, Mode::Source, false) | (_, _, true) => {}
+            _ => {
+                return Err(invalid(
+                    "macvlan_sources",
+                    "applies to macvlan source mode only (-o macvlan_mode=source)",
+                ))
+            }
+        }
         for (i, s) in self.subnets.iter().enumerate() {
             s.validate(&format!("subnets[{i}]"))?;
             for (j, other) in self.subnets.iter().enumerate().skip(i + 1) {
@@ -1067,6 +1085,7 @@ mod tests {
         Network {
             shared: None,
             host_addresses: Vec::new(),
+            macvlan_sources: Vec::new(),
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -1084,6 +1103,7 @@ mod tests {
         Network {
             shared: None,
             host_addresses: Vec::new(),
+            macvlan_sources: Vec::new(),
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),
@@ -1144,6 +1164,10 @@ mod tests {
         ] {
             let mut n = lan();
             n.mode = Some(m);
+            if m == Mode::Source {
+                // Source mode lists the stations it receives from.
+                n.macvlan_sources = vec!["02:00:00:00:00:01".parse().unwrap()];
+            }
             n.validate().unwrap();
         }
         // MTU bounds themselves.

@@ -561,6 +561,7 @@ fn create_link(
         }
     }
     let tmp = temporary_name();
+    let sources: Vec<[u8; 6]> = net.macvlan_sources.iter().map(|m| m.0).collect();
     let new = NewLink {
         name: &tmp,
         lower: parent.index,
@@ -568,6 +569,7 @@ fn create_link(
         mac: mac.map(|m| m.0),
         mtu: net.mtu,
         netns_fd: Some(target.raw_fd()),
+        sources: &sources,
     };
     create_with_teardown_retry(host, &new).map_err(|e| explain_create_error(net, e))?;
     match inside.link_by_name(&tmp) {

@@ -155,6 +155,7 @@ pub fn ensure(nl: &mut Netlink, store: &dyn LeaseStore, net: &Network) -> Result
                 mac: None,
                 mtu: net.mtu,
                 netns_fd: None,
+                sources: &[],
             })
             .with_context(|| format!("network {}: create host link {name}", net.name))?;
             let link = nl

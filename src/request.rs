@@ -127,6 +127,14 @@ impl FromStr for MacAddr {
     }
 }
 
+/// As text, as it is written.
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `addr` or `addr/prefix`, the prefix in 1..=32 (IPv4) or 1..=128 (IPv6).
 /// Syntax only; see [`unusable_reason`] for the address classes a request may not use.
 impl FromStr for RequestedIp {

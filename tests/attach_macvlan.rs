@@ -35,15 +35,24 @@ fn leases_of(lan: &FakeLan, owner: &str) -> Vec<String> {
 /// Everything a user checks after attaching one macvlan with a static dual-stack
 /// address, a MAC and an MTU.
 fn check_mode(mode: &str, expect_gateway_reachable: bool) {
+    check_mode_with(mode, expect_gateway_reachable, |_| Vec::new())
+}
+
+/// [`check_mode`] with more `network create` arguments, made from the LAN.
+fn check_mode_with(
+    mode: &str,
+    expect_gateway_reachable: bool,
+    extra: impl Fn(&FakeLan) -> Vec<String>,
+) {
     if common::skip_unless_root() {
         return;
     }
     let lan = FakeLan::new();
-    dual_stack(
-        &lan,
-        "lan",
-        &["-o", &format!("macvlan_mode={mode}"), "-o", "mtu=1400"],
-    );
+    let mode_opt = format!("macvlan_mode={mode}");
+    let extra = extra(&lan);
+    let mut args = vec!["-o", &mode_opt, "-o", "mtu=1400"];
+    args.extend(extra.iter().map(String::as_str));
+    dual_stack(&lan, "lan", &args);
     let c = lan.container_ns("1");
     // A passthru interface takes over the parent's MAC; the others get the requested one.
     let passthru = mode == "passthru";
@@ -134,12 +143,87 @@ fn passthru_mode() {
     check_mode("passthru", true);
 }
 
-/// A source-mode macvlan only receives frames from MACs on its allow list, which
-/// netattach leaves empty: the gateway's replies are filtered, so only the link
-/// itself is checked.
+fn gateway_mac(lan: &FakeLan) -> String {
+    common::link_json(lan.ext_ns(), "gw0")["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A source-mode macvlan receives only frames from the stations on its list
+/// (`-o macvlan_source=`): with the gateway on it, the gateway answers.
 #[test]
 fn source_mode() {
-    check_mode("source", false);
+    check_mode_with("source", true, |lan| {
+        vec![
+            "-o".into(),
+            format!("macvlan_source=02:00:00:00:00:01,{}", gateway_mac(lan)),
+        ]
+    });
+}
+
+/// Without the gateway on the list its replies are filtered; without a list
+/// the network is refused at create, with the option to use.
+#[test]
+fn source_mode_filters_other_stations_and_needs_a_list() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    let out = lan.netattach(&[
+        "network",
+        "create",
+        "--subnet",
+        SUBNET4,
+        "-o",
+        "parent=lan0",
+        "-o",
+        "macvlan_mode=source",
+        "src",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("give them with -o macvlan_source=MAC[,MAC...]"),
+        "{}",
+        common::text(&out)
+    );
+    let out = lan.netattach(&[
+        "network",
+        "create",
+        "--subnet",
+        SUBNET4,
+        "-o",
+        "parent=lan0",
+        "-o",
+        "macvlan_source=02:00:00:00:00:01",
+        "src",
+    ]);
+    assert!(
+        common::stderr(&out).contains("applies to macvlan source mode only"),
+        "{}",
+        common::text(&out)
+    );
+    lan.create_network(
+        "src",
+        &[
+            "--subnet",
+            SUBNET4,
+            "--gateway",
+            GW4,
+            "-o",
+            "macvlan_mode=source",
+            "-o",
+            "macvlan_source=02:00:00:00:00:01",
+        ],
+    );
+    let v: Value = serde_json::from_str(&lan.netattach_ok(&["network", "inspect", "src"])).unwrap();
+    assert_eq!(v[0]["macvlan_sources"][0], "02:00:00:00:00:01", "{v}");
+    let c = lan.container_ns("1");
+    lan.netattach_ok(&["attach", "--netns", c.path_str(), "--id", "ctr1", "src"]);
+    assert!(
+        !common::ping_from(&c.name, GW4),
+        "a station off the list got through"
+    );
 }
 
 /// Two containers on one parent: bridge lets them talk directly; private and

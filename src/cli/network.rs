@@ -81,8 +81,8 @@ pub struct CreateArgs {
     /// pool (addresses handed out) or static (only requested addresses).
     #[arg(long, default_value = "pool")]
     ipam: String,
-    /// Driver options: parent=, macvlan_mode=, ipvlan_mode=, ipvlan_flag=, mtu=,
-    /// host_address=;
+    /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
+    /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=;
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -337,6 +337,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut mtu = None;
     let mut requests = RequestPolicy::default();
     let mut host_addresses = args.host_address.clone();
+    let mut macvlan_sources = Vec::new();
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -351,7 +352,12 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
             "mtu" | "com.docker.network.driver.mtu" => {
                 mtu = Some(value.parse().map_err(|_| anyhow!("option mtu: {value:?} is not a number"))?)
             }
-            "macvlan_mode" | "ipvlan_mode" | "ipvlan_flag" => {
+            "macvlan_source" if driver == Driver::Macvlan => {
+                for mac in value.split(',') {
+                    macvlan_sources.push(mac.parse().map_err(|e| anyhow!("option macvlan_source: {mac:?}: {e}"))?);
+                }
+            }
+            "macvlan_mode" | "ipvlan_mode" | "ipvlan_flag" | "macvlan_source" => {
                 bail!("option {key} does not apply to the {driver} driver")
             }
             "request_ips" => {
@@ -374,7 +380,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, host_address, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -449,6 +455,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let net = Network {
         shared: None,
         host_addresses,
+        macvlan_sources,
         name: args.name,
         driver,
         parent,

@@ -129,6 +129,7 @@ mod tests {
         Network {
             shared: None,
             host_addresses: Vec::new(),
+            macvlan_sources: Vec::new(),
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

@@ -1360,6 +1360,7 @@ mod tests {
         Network {
             shared: None,
             host_addresses: Vec::new(),
+            macvlan_sources: Vec::new(),
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, LinkAttribute,
-    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
+    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -46,6 +46,8 @@ pub struct NewLink<'a> {
     pub mtu: Option<u32>,
     /// Create the link directly in this namespace (`IFLA_NET_NS_FD`).
     pub netns_fd: Option<RawFd>,
+    /// macvlan source mode: the allowed source MACs.
+    pub sources: &'a [[u8; 6]],
 }
 
 fn link_message(index: u32) -> LinkMessage {
@@ -146,10 +148,19 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
         let (kind, data) = match new.kind {
-            LinkKind::Macvlan(mode) => (
-                InfoKind::MacVlan,
-                InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]),
-            ),
+            LinkKind::Macvlan(mode) => {
+                let mut data = vec![InfoMacVlan::Mode(mode)];
+                if !new.sources.is_empty() {
+                    data.push(InfoMacVlan::MacAddrMode(MacVlanMacAddressMode::Set));
+                    data.push(InfoMacVlan::MacAddrData(
+                        new.sources
+                            .iter()
+                            .map(|m| InfoMacVlan::MacAddr(*m))
+                            .collect(),
+                    ));
+                }
+                (InfoKind::MacVlan, InfoData::MacVlan(data))
+            }
             LinkKind::Ipvlan(mode, flags) => (
                 InfoKind::IpVlan,
                 InfoData::IpVlan(vec![InfoIpVlan::Mode(mode), InfoIpVlan::Flags(flags)]),
