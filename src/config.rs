@@ -269,6 +269,10 @@ pub struct Network {
     /// receive (the kernel's allowed source MACs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub macvlan_sources: Vec<crate::request::MacAddr>,
+    /// How many times a new link's addresses are announced (gratuitous ARP,
+    /// unsolicited NA), a second apart; `None`: the default (src/announce.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<u32>,
 }
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
@@ -377,6 +381,11 @@ impl Network {
         })
     }
 
+    /// How many times a new link's addresses are announced.
+    pub fn announce(&self) -> u32 {
+        self.announce.unwrap_or(crate::announce::DEFAULT_COUNT)
+    }
+
     /// The effective ipvlan flag.
     pub fn flag(&self) -> IpvlanFlag {
         self.flag.unwrap_or(IpvlanFlag::Bridge)
@@ -462,6 +471,15 @@ impl Network {
             self.validate_shared(shared)?;
         }
         self.validate_host_addresses()?;
+        if self
+            .announce
+            .is_some_and(|n| n > crate::announce::MAX_COUNT)
+        {
+            return Err(invalid(
+                "announce",
+                format!("at most {} announcements", crate::announce::MAX_COUNT),
+            ));
+        }
         match (self.driver, self.mode(), self.macvlan_sources.is_empty()) {
             (Driver::Macvlan, Mode::Source, true) => return Err(invalid(
                 "macvlan_sources",
@@ -1086,6 +1104,7 @@ mod tests {
             shared: None,
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
+            announce: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -1104,6 +1123,7 @@ mod tests {
             shared: None,
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
+            announce: None,
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),

@@ -484,6 +484,27 @@ fn apply(
         )?;
     }
     crate::timing::mark("default routes");
+    // The LAN learns the new addresses at once: the first round from the
+    // container's netns now, the others from a process of their own.
+    for ((plan, leases), &index) in plans.iter().zip(&reservation.leases).zip(created.iter()) {
+        let count = plan.network.announce();
+        let mac = attached
+            .iter()
+            .find(|a| a.network == plan.network.name)
+            .and_then(|a| a.mac.parse::<crate::request::MacAddr>().ok());
+        let (Some(mac), true) = (mac, count > 0) else {
+            continue;
+        };
+        let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
+        let frames = crate::announce::frames(mac.0, &addresses);
+        inside
+            .thread
+            .run(move || crate::announce::send(index, &frames))?
+            .with_context(|| format!("network {}: announce its addresses", plan.network.name))?;
+        crate::announce::spawn_repeats(target.raw_fd(), &plan.ifname, mac.0, &addresses, count)
+            .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
+    }
+    crate::timing::mark("announced");
     // The host's routes to the new addresses through the networks' host
     // links (only networks with host addresses), all or none.
     let mut routed: Vec<(&Network, Vec<IpAddr>)> = Vec::new();

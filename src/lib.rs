@@ -7,6 +7,7 @@
 //! network namespace with rollback. The faces ([`hook`], CLI) only translate their
 //! input into a request, a netns and an owner id.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod deadline;

@@ -82,7 +82,8 @@ pub struct CreateArgs {
     #[arg(long, default_value = "pool")]
     ipam: String,
     /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
-    /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=;
+    /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=,
+    /// announce=N (gratuitous ARP / unsolicited NA per address, default 3);
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -338,6 +339,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut requests = RequestPolicy::default();
     let mut host_addresses = args.host_address.clone();
     let mut macvlan_sources = Vec::new();
+    let mut announce = None;
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -370,6 +372,9 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     _ => bail!("option request_mac: {value:?} is not true or false"),
                 }
             }
+            "announce" => {
+                announce = Some(value.parse().map_err(|_| anyhow!("option announce: {value:?} is not a number"))?)
+            }
             "host_address" => host_addresses.push(
                 value
                     .parse()
@@ -380,7 +385,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -456,6 +461,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         shared: None,
         host_addresses,
         macvlan_sources,
+        announce,
         name: args.name,
         driver,
         parent,

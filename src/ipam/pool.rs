@@ -130,6 +130,7 @@ mod tests {
             shared: None,
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
+            announce: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

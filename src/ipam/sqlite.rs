@@ -1361,6 +1361,7 @@ mod tests {
             shared: None,
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
+            announce: None,
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),
