@@ -45,6 +45,20 @@ pub enum IpvlanFlag {
     Vepa,
 }
 
+/// Where a container's MAC comes from (macvlan links that carry their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MacPolicy {
+    /// A random locally administered MAC, new for each attach.
+    #[default]
+    Random,
+    /// `02:42:` and the four bytes of the link's IPv4 address (Docker's classic).
+    Ipv4,
+    /// Derived from the owner's identity and the network: a recreated
+    /// container or pod comes back with the same MAC.
+    Stable,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IpamMode {
@@ -273,6 +287,9 @@ pub struct Network {
     /// unsolicited NA), a second apart; `None`: the default (src/announce.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<u32>,
+    /// Where containers' MACs come from; `None`: random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_policy: Option<MacPolicy>,
 }
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
@@ -471,6 +488,19 @@ impl Network {
             self.validate_shared(shared)?;
         }
         self.validate_host_addresses()?;
+        match self.mac_policy.unwrap_or_default() {
+            MacPolicy::Random => {}
+            _ if self.driver == Driver::Ipvlan || self.mode() == Mode::Passthru => {
+                return Err(invalid(
+                    "mac_policy",
+                    "ipvlan and passthru links carry the parent's MAC: only random applies",
+                ))
+            }
+            MacPolicy::Ipv4 if !self.subnets.iter().any(|s| s.subnet.network().is_ipv4()) => {
+                return Err(invalid("mac_policy", "ipv4 needs an IPv4 subnet"))
+            }
+            _ => {}
+        }
         if self
             .announce
             .is_some_and(|n| n > crate::announce::MAX_COUNT)
@@ -1105,6 +1135,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            mac_policy: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -1124,6 +1155,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            mac_policy: None,
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),

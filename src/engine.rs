@@ -67,11 +67,27 @@ impl Target {
     }
 }
 
-/// Attaches `owner` (container or pod id) in `target` to the requested networks.
+/// Who an attach is for: the lease owner (container or pod id), and its
+/// stable identity when it has one (the pod's namespace/name, the
+/// `netattach/identity` annotation), which outlives the id.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub id: &'a str,
+    pub identity: Option<&'a str>,
+}
+
+impl<'a> Owner<'a> {
+    /// An owner with no identity beyond its id.
+    pub fn id(id: &'a str) -> Owner<'a> {
+        Owner { id, identity: None }
+    }
+}
+
+/// Attaches `owner` in `target` to the requested networks.
 pub fn attach(
     networks: &NetworkDir,
     store: &dyn LeaseStore,
-    owner: &str,
+    owner: Owner<'_>,
     target: Target,
     requests: &[NetworkRequest],
 ) -> Result<Attached> {
@@ -127,11 +143,15 @@ fn attach_defined(
     target: &Netns,
     mut inside: Inside<'_>,
     store: &dyn LeaseStore,
-    owner: &str,
+    owner: Owner<'_>,
     requests: &[NetworkRequest],
     definitions: Vec<Network>,
     all: &[Network],
 ) -> Result<Vec<AttachedLink>> {
+    let Owner {
+        id: owner,
+        identity,
+    } = owner;
     let mut host = Netlink::open()?;
 
     // Idempotency: networks this owner already has, with their link complete
@@ -203,6 +223,7 @@ fn attach_defined(
         peers: all,
         existing_ifnames: &names,
         trusted: false,
+        identity,
     };
     let mut plans = plan::build(&todo_requests, &todo_networks, scope)?;
     for (plan, i) in plans.iter_mut().zip(&todo_indices) {

@@ -26,6 +26,8 @@ pub struct HookInput {
     pub container_id: String,
     /// The `netattach/networks` annotation; `None` when absent (nothing to do).
     pub request: Option<String>,
+    /// The `netattach/identity` annotation, from the same place.
+    pub identity: Option<String>,
     /// The container's network namespace: for attach, where to attach; for
     /// release, the configured path of a netns that may outlive the container
     /// (a pod's, a bind mount), if the bundle names one.
@@ -59,16 +61,24 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
         bail!("the container state on stdin has no id");
     }
     let mut spec = None;
-    let request = match annotation(state.annotations().as_ref()) {
-        Some(v) => Some(v),
+    let (request, identity) = match annotation(state.annotations().as_ref(), request::ANNOTATION) {
+        Some(v) => (
+            Some(v),
+            annotation(state.annotations().as_ref(), request::IDENTITY_ANNOTATION),
+        ),
         None => {
             // Older runtimes leave annotations out of the state: read the bundle.
             let loaded = load_spec(state.bundle())?;
-            let value = annotation(loaded.as_ref().and_then(|s| s.annotations().as_ref()));
+            let annotations = loaded.as_ref().and_then(|s| s.annotations().as_ref());
+            let value = annotation(annotations, request::ANNOTATION);
+            let identity = annotation(annotations, request::IDENTITY_ANNOTATION);
             spec = loaded;
-            value
+            (value, identity)
         }
     };
+    if let Some(id) = &identity {
+        request::check_identity(id).map_err(anyhow::Error::msg)?;
+    }
     let netns = match (verb, &request) {
         (Verb::Attach, Some(_)) => Some(netns_path(&state, &mut spec)?),
         (Verb::Release, Some(_)) => {
@@ -88,6 +98,7 @@ pub fn read_input(verb: Option<Verb>, input: impl Read) -> Result<HookInput> {
         verb,
         container_id: state.id().to_string(),
         request,
+        identity,
         netns,
         timeout,
     })
@@ -152,10 +163,8 @@ fn configured_netns_path(spec: Option<&Spec>) -> Option<PathBuf> {
     network_namespace(spec).and_then(|ns| ns.path().clone())
 }
 
-fn annotation(annotations: Option<&HashMap<String, String>>) -> Option<String> {
-    annotations
-        .and_then(|a| a.get(request::ANNOTATION))
-        .cloned()
+fn annotation(annotations: Option<&HashMap<String, String>>, key: &str) -> Option<String> {
+    annotations.and_then(|a| a.get(key)).cloned()
 }
 
 fn load_spec(bundle: &Path) -> Result<Option<Spec>> {

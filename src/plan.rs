@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use crate::config::{Driver, IpamMode, Mode, Network};
+use crate::config::{Driver, IpamMode, MacPolicy, Mode, Network};
 use crate::ipam::{pool, Claim, MacWant, Want};
 use crate::netlink::route::Family;
-use crate::request::NetworkRequest;
+use crate::request::{MacAddr, NetworkRequest};
 use crate::sharing::LinkSpec;
 
 /// One link to create in the container's netns.
@@ -67,6 +67,24 @@ pub struct Scope<'a> {
     /// An administrator's own reservation (`lease reserve`): the request
     /// policy, which is about untrusted requests, does not apply.
     pub trusted: bool,
+    /// The owner's stable identity (the pod's namespace/name, or the
+    /// `netattach/identity` annotation): what `mac_policy=stable` derives from.
+    pub identity: Option<&'a str>,
+}
+
+/// The MAC of `identity` on `network` under `mac_policy=stable`: a hash of
+/// both, as a locally administered unicast address. The store still checks
+/// that nobody else on the segment has it.
+pub fn stable_mac(network: &str, identity: &str) -> MacAddr {
+    // FNV-1a over both, then a second round so every byte depends on all.
+    let fnv = |seed: u64, bytes: &[u8]| {
+        bytes.iter().fold(seed, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let key = format!("netattach\0{network}\0{identity}");
+    let h = fnv(fnv(0xcbf2_9ce4_8422_2325, key.as_bytes()), key.as_bytes()).to_be_bytes();
+    MacAddr([(h[0] & 0xfc) | 0x02, h[1], h[2], h[3], h[4], h[5]])
 }
 
 /// Builds the plan. `networks` holds the definition of every requested network,
@@ -124,7 +142,20 @@ pub fn build(
             Some(mac) => MacWant::Requested(mac),
             // ipvlan and passthru links carry the parent's MAC.
             None if net.driver == Driver::Ipvlan || net.mode() == Mode::Passthru => MacWant::None,
-            None => MacWant::Random,
+            None => match net.mac_policy.unwrap_or_default() {
+                MacPolicy::Random => MacWant::Random,
+                MacPolicy::Ipv4 => MacWant::FromIpv4,
+                MacPolicy::Stable => match scope.identity {
+                    Some(identity) => MacWant::Requested(stable_mac(&net.name, identity)),
+                    None => {
+                        return Err(refuse(format!(
+                        "network {} derives MACs from the owner's identity (mac_policy=stable): \
+                             give it in the netattach/identity annotation (or attach --identity)",
+                        net.name
+                    )))
+                    }
+                },
+            },
         };
         let reserved = segment_reserved(net, scope.peers);
         let wants = wanted_addresses(req, net, &reserved, scope.trusted)?;
@@ -666,5 +697,16 @@ mod tests {
                 "192.168.32.2".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn stable_macs_are_local_unicast_and_differ_by_network_and_identity() {
+        let a = stable_mac("lan", "default/web-1");
+        assert_eq!(a, stable_mac("lan", "default/web-1"));
+        assert_eq!(a.0[0] & 0x03, 0x02, "{a}");
+        assert_ne!(a, stable_mac("lan", "default/web-2"));
+        assert_ne!(a, stable_mac("lan2", "default/web-1"));
+        // The separator keeps ("a", "b/c") and ("a/b", "c") apart.
+        assert_ne!(stable_mac("a", "b/c"), stable_mac("a/b", "c"));
     }
 }

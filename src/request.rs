@@ -14,6 +14,23 @@ use crate::config::{valid_ifname, valid_network_name};
 
 /// The annotation key that carries the request.
 pub const ANNOTATION: &str = "netattach/networks";
+
+/// The annotation that names a container's stable identity (kept across
+/// re-creations, unlike its id): what `mac_policy=stable` derives from.
+pub const IDENTITY_ANNOTATION: &str = "netattach/identity";
+
+/// A stable identity as given: 1 to 253 printable ASCII characters.
+pub fn check_identity(identity: &str) -> Result<(), String> {
+    if identity.is_empty()
+        || identity.len() > 253
+        || !identity.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "{IDENTITY_ANNOTATION}: {identity:?} must be 1 to 253 printable characters without spaces"
+        ));
+    }
+    Ok(())
+}
 /// Upper bound of the annotation value, in bytes.
 pub const MAX_BYTES: usize = 64 * 1024;
 /// Upper bound of networks in one request.

@@ -22,6 +22,10 @@ pub struct AttachArgs {
     /// MAC address of the interface (macvlan).
     #[arg(long)]
     mac: Option<String>,
+    /// The owner's stable identity, kept across re-creations (what
+    /// mac_policy=stable derives the MAC from).
+    #[arg(long)]
+    identity: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -51,7 +55,14 @@ pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
     let store = ctx.store()?;
     store.on_start_path();
     crate::timing::mark("lease store open");
-    let attached = engine::attach(&ctx.networks(), &store, &owner, target, &requests)?;
+    if let Some(id) = &args.identity {
+        crate::request::check_identity(id).map_err(anyhow::Error::msg)?;
+    }
+    let owner = engine::Owner {
+        id: &owner,
+        identity: args.identity.as_deref(),
+    };
+    let attached = engine::attach(&ctx.networks(), &store, owner, target, &requests)?;
     for w in &attached.warnings {
         eprintln!("netattach: warning: {w}");
     }

@@ -57,13 +57,11 @@ pub fn run(ctx: &Context, args: HookArgs) -> anyhow::Result<()> {
             store.on_start_path();
             store.set_deadline(Some(deadline(ctx, input.timeout)));
             crate::timing::mark("lease store open");
-            let attached = engine::attach(
-                &ctx.networks(),
-                &store,
-                &input.container_id,
-                target,
-                &requests,
-            )?;
+            let owner = engine::Owner {
+                id: &input.container_id,
+                identity: input.identity.as_deref(),
+            };
+            let attached = engine::attach(&ctx.networks(), &store, owner, target, &requests)?;
             // The runtime keeps a hook's stderr in its log.
             for w in &attached.warnings {
                 eprintln!("netattach: warning: {w}");

@@ -77,6 +77,7 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
                 peers: &peers.networks,
                 existing_ifnames: &[],
                 trusted: true,
+                identity: None,
             };
             let plans = plan::build(&requests, &[definition], scope)?;
             let mut claim = plans[0].claim();

@@ -83,7 +83,8 @@ pub struct CreateArgs {
     ipam: String,
     /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
     /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=,
-    /// announce=N (gratuitous ARP / unsolicited NA per address, default 3);
+    /// announce=N (gratuitous ARP / unsolicited NA per address, default 3),
+    /// mac_policy=random|ipv4|stable;
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -340,6 +341,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut host_addresses = args.host_address.clone();
     let mut macvlan_sources = Vec::new();
     let mut announce = None;
+    let mut mac_policy = None;
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -372,6 +374,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     _ => bail!("option request_mac: {value:?} is not true or false"),
                 }
             }
+            "mac_policy" => mac_policy = Some(parse_enum::<crate::config::MacPolicy>(key, value)?),
             "announce" => {
                 announce = Some(value.parse().map_err(|_| anyhow!("option announce: {value:?} is not a number"))?)
             }
@@ -385,7 +388,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, mac_policy, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -462,6 +465,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         host_addresses,
         macvlan_sources,
         announce,
+        mac_policy,
         name: args.name,
         driver,
         parent,

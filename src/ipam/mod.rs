@@ -87,6 +87,9 @@ pub enum MacWant {
     Requested(MacAddr),
     /// A random locally administered one that nobody on the segment has.
     Random,
+    /// `02:42:` and the claim's first IPv4 address, once it is chosen; fails
+    /// if another owner on the segment has it.
+    FromIpv4,
 }
 
 /// What one attach asks of the store for one network.

@@ -131,6 +131,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            mac_policy: None,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

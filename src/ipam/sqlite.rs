@@ -962,7 +962,46 @@ impl Reserving<'_, '_, '_> {
                     return Ok(Some(mac));
                 }
             },
+            // Chosen with the addresses (see `derive_macs_from_ipv4`).
+            MacWant::FromIpv4 => Ok(None),
         }
+    }
+
+    /// `02:42:` and the first IPv4 address of the claim's leases (Docker's
+    /// classic MAC), checked like a requested one and written to the
+    /// attachment and its leases.
+    fn derive_mac_from_ipv4(
+        &mut self,
+        claim: &Claim,
+        owner: &str,
+        leases: &mut [Option<Lease>],
+    ) -> Result<MacAddr, IpamError> {
+        let Some(v4) = leases.iter().flatten().find_map(|l| match l.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }) else {
+            return Err(IpamError::Store(format!(
+                "network {}: mac_policy ipv4 derives the MAC from an IPv4 address, and this attach has none",
+                claim.network
+            )));
+        };
+        let o = v4.octets();
+        let mac = MacAddr([0x02, 0x42, o[0], o[1], o[2], o[3]]);
+        let mut derived = claim.clone();
+        derived.mac = MacWant::Requested(mac);
+        self.pick_mac(&derived)?;
+        for table in ["attachments", "leases"] {
+            self.tx
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET mac = ?3 WHERE owner = ?1 AND network = ?2"
+                ))
+                .and_then(|mut s| s.execute(params![owner, claim.network, mac.to_string()]))
+                .map_err(db)?;
+        }
+        for l in leases.iter_mut().flatten() {
+            l.mac = Some(mac);
+        }
+        Ok(mac)
     }
 
     /// Makes sure `address` is free on the segment, freeing it from a dead owner.
@@ -1141,6 +1180,12 @@ impl LeaseStore for SqliteStore {
                 let l = lease(claim, macs[ci], address, prefix_len);
                 insert_lease(&tx, &l)?;
                 out[ci][wi] = Some(l);
+            }
+        }
+        for (ci, claim) in claims.iter().enumerate() {
+            if claim.mac == MacWant::FromIpv4 {
+                let mac = r.derive_mac_from_ipv4(claim, owner, &mut out[ci])?;
+                macs[ci] = Some(mac);
             }
         }
         let dropped = std::mem::take(&mut r.dropped);
@@ -1362,6 +1407,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            mac_policy: None,
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

@@ -533,7 +533,12 @@ fn attach(
     owners.record(&pod.id)?;
     let target = engine::Target::open(Path::new(&pod.netns))?;
     let networks = NetworkDir::new(plugin.paths().config_dir);
-    let attached = engine::attach(&networks, &*store, &pod.id, target, requests)?;
+    // A pod's stable identity is its namespace/name: a re-created pod keeps it.
+    let owner = engine::Owner {
+        id: &pod.id,
+        identity: Some(&pod.label),
+    };
+    let attached = engine::attach(&networks, &*store, owner, target, requests)?;
     for w in &attached.warnings {
         nri_log!(warn, "pod {} ({}): {w}", pod.label, pod.id);
     }
