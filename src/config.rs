@@ -290,6 +290,10 @@ pub struct Network {
     /// Where containers' MACs come from; `None`: random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_policy: Option<MacPolicy>,
+    /// A pooled address goes back to the identity that held it last, while
+    /// it is free (the identity as for `mac_policy=stable`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky_ips: bool,
 }
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
@@ -488,6 +492,12 @@ impl Network {
             self.validate_shared(shared)?;
         }
         self.validate_host_addresses()?;
+        if self.sticky_ips && self.shared.is_some() {
+            return Err(invalid(
+                "sticky_ips",
+                "not supported on shared networks yet (an address is only this host's while its block is)",
+            ));
+        }
         match self.mac_policy.unwrap_or_default() {
             MacPolicy::Random => {}
             _ if self.driver == Driver::Ipvlan || self.mode() == Mode::Passthru => {
@@ -1136,6 +1146,7 @@ mod tests {
             macvlan_sources: Vec::new(),
             announce: None,
             mac_policy: None,
+            sticky_ips: false,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0.50".into(),
@@ -1156,6 +1167,7 @@ mod tests {
             macvlan_sources: Vec::new(),
             announce: None,
             mac_policy: None,
+            sticky_ips: false,
             name: "iv".into(),
             driver: Driver::Ipvlan,
             parent: "eth1".into(),

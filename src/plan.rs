@@ -23,6 +23,8 @@ pub struct LinkPlan {
     /// Default routes this link should carry, each only if the netns has no
     /// default route of that family yet.
     pub default_routes: Vec<DefaultRoute>,
+    /// The owner's identity, on a network with sticky addresses.
+    pub sticky: Option<String>,
 }
 
 impl LinkPlan {
@@ -36,6 +38,7 @@ impl LinkPlan {
             mac: self.mac,
             wants: self.wants.clone(),
             shared: self.network.shared.is_some(),
+            sticky: self.sticky.clone(),
         }
     }
 }
@@ -164,12 +167,18 @@ pub fn build(
         } else {
             Vec::new()
         };
+        let sticky = if net.sticky_ips {
+            scope.identity.map(str::to_string)
+        } else {
+            None
+        };
         plans.push(LinkPlan {
             network: net.clone(),
             ifname,
             mac,
             wants,
             default_routes,
+            sticky,
         });
     }
     Ok(plans)

@@ -226,3 +226,52 @@ fn mac_policies_are_checked_at_create() {
         common::text(&out)
     );
 }
+
+#[test]
+fn sticky_ips_give_an_identity_its_address_back_while_it_is_free() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network(
+        "lan",
+        &[
+            "--subnet",
+            SUBNET4,
+            "--gateway",
+            GW4,
+            "-o",
+            "sticky_ips=true",
+        ],
+    );
+    let v: Value = serde_json::from_str(&lan.netattach_ok(&["network", "inspect", "lan"])).unwrap();
+    assert_eq!(v[0]["sticky_ips"], true, "{v}");
+    let a = lan.container_ns("a");
+    let (first, _) = attach(&lan, &a, "ctr-1", &["--identity", "db-1"]).unwrap();
+    lan.netattach_ok(&["detach", "--id", "ctr-1"]);
+    drop(a);
+    // Others come and go meanwhile (round robin moves on).
+    let others: Vec<_> = (0..3).map(|i| lan.container_ns(&format!("o{i}"))).collect();
+    for (i, ns) in others.iter().enumerate() {
+        let (addr, _) = attach(&lan, ns, &format!("other-{i}"), &[]).unwrap();
+        assert_ne!(addr, first);
+    }
+    // Re-created: the same address.
+    let b = lan.container_ns("b");
+    let (again, _) = attach(&lan, &b, "ctr-2", &["--identity", "db-1"]).unwrap();
+    assert_eq!(again, first);
+    assert!(common::ping_from(&b.name, GW4));
+    lan.netattach_ok(&["detach", "--id", "ctr-2"]);
+    // Taken meanwhile by someone else: another one, never a duplicate.
+    let c = lan.container_ns("c");
+    attach(&lan, &c, "squatter", &["--ip", &first]).unwrap();
+    let d = lan.container_ns("d");
+    let (moved, _) = attach(&lan, &d, "ctr-3", &["--identity", "db-1"]).unwrap();
+    assert_ne!(moved, first);
+    // Freed again: the identity now has two remembered; the newest wins.
+    lan.netattach_ok(&["detach", "--id", "squatter"]);
+    lan.netattach_ok(&["detach", "--id", "ctr-3"]);
+    let e = lan.container_ns("e");
+    let (latest, _) = attach(&lan, &e, "ctr-4", &["--identity", "db-1"]).unwrap();
+    assert_eq!(latest, moved);
+}

@@ -84,7 +84,7 @@ pub struct CreateArgs {
     /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
     /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=,
     /// announce=N (gratuitous ARP / unsolicited NA per address, default 3),
-    /// mac_policy=random|ipv4|stable;
+    /// mac_policy=random|ipv4|stable, sticky_ips=true|false;
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -342,6 +342,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut macvlan_sources = Vec::new();
     let mut announce = None;
     let mut mac_policy = None;
+    let mut sticky_ips = false;
     for opt in &args.opt {
         let (key, value) = opt
             .split_once('=')
@@ -374,6 +375,13 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     _ => bail!("option request_mac: {value:?} is not true or false"),
                 }
             }
+            "sticky_ips" => {
+                sticky_ips = match value {
+                    "true" | "yes" => true,
+                    "false" | "no" => false,
+                    _ => bail!("option sticky_ips: {value:?} is not true or false"),
+                }
+            }
             "mac_policy" => mac_policy = Some(parse_enum::<crate::config::MacPolicy>(key, value)?),
             "announce" => {
                 announce = Some(value.parse().map_err(|_| anyhow!("option announce: {value:?} is not a number"))?)
@@ -388,7 +396,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, mac_policy, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, mac_policy, sticky_ips, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -466,6 +474,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         macvlan_sources,
         announce,
         mac_policy,
+        sticky_ips,
         name: args.name,
         driver,
         parent,

@@ -106,6 +106,9 @@ pub struct Claim {
     /// The network is shared through etcd: pooled addresses come only from
     /// this host's private blocks (docs/multi-host.md).
     pub shared: bool,
+    /// The owner's identity on a network with sticky addresses: a pooled
+    /// want takes the address this identity held last, while it is free.
+    pub sticky: Option<String>,
 }
 
 /// What `reserve` handed out.

@@ -132,6 +132,7 @@ mod tests {
             macvlan_sources: Vec::new(),
             announce: None,
             mac_policy: None,
+            sticky_ips: false,
             name: "lan".into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),

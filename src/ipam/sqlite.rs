@@ -21,7 +21,7 @@
 //! faster for a lone process, but 16 concurrent writers then waited up to 4 s
 //! for the lock.
 //!
-//! Schema (version 5, in `PRAGMA user_version`; the `shared` tables are those
+//! Schema (version 6, in `PRAGMA user_version`; the `shared` tables are those
 //! of docs/multi-host.md, see `blocks.rs`):
 //!
 //! ```sql
@@ -45,7 +45,15 @@
 //!        revision INTEGER, PRIMARY KEY (network, block)) WITHOUT ROWID
 //! shared_keys(network TEXT, key BLOB, block TEXT, etcd_key TEXT, revision INTEGER,
 //!        state TEXT, since INTEGER, PRIMARY KEY (network, key)) WITHOUT ROWID
+//! sticky(network TEXT, identity TEXT, key BLOB, updated INTEGER,
+//!        PRIMARY KEY (network, identity, key)) WITHOUT ROWID   -- updated: unix ns
 //! ```
+//!
+//! `sticky` remembers, on networks with `sticky_ips`, the pooled addresses
+//! an owner identity was given, so that it gets them back while they are
+//! free. A row is written with each such pooled lease and kept after the
+//! release (that is its point); the next pooled pick of another owner may
+//! take the address like any free one.
 //!
 //! The wire knows a layer-2 segment and an address, not a network: so leases
 //! are keyed by (segment, address) and MACs are unique per segment, whatever
@@ -77,7 +85,7 @@ use rusqlite::{
     Transaction, TransactionBehavior,
 };
 
-use super::pool::{addr_to_u128, ranges_label, u128_to_addr};
+use super::pool::{addr_to_u128, ranges_label, u128_to_addr, usable_bounds};
 use super::{
     Attachment, Claim, Holder, IpamError, Lease, LeaseStore, Liveness, MacWant, PoolRange,
     Reservation, Want,
@@ -108,7 +116,7 @@ const WAL_FOLD_BYTES: u64 = 16 * 4120;
 const START_PATH_FOLD_BYTES: u64 = 4 * WAL_FOLD_BYTES;
 
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The longest a closing store waits to fold the WAL back.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
@@ -189,7 +197,14 @@ CREATE TABLE IF NOT EXISTS shared_keys (
     since    INTEGER NOT NULL,
     PRIMARY KEY (network, key)
 ) WITHOUT ROWID;
-PRAGMA user_version = 5;
+CREATE TABLE IF NOT EXISTS sticky (
+    network  TEXT    NOT NULL,
+    identity TEXT    NOT NULL,
+    key      BLOB    NOT NULL,
+    updated  INTEGER NOT NULL,
+    PRIMARY KEY (network, identity, key)
+) WITHOUT ROWID;
+PRAGMA user_version = 6;
 ";
 
 /// From version 2, whose leases were keyed by (network, address) and whose
@@ -822,6 +837,69 @@ impl SqliteStore {
     }
 }
 
+/// The address `identity` last held on `network` in one of `ranges`, if it
+/// is free on the segment and may be handed out; with its prefix length.
+fn sticky_pick(
+    tx: &Transaction<'_>,
+    segment: &str,
+    network: &str,
+    identity: &str,
+    ranges: &[PoolRange],
+) -> Result<Option<(IpAddr, u8)>, IpamError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT s.key FROM sticky s WHERE s.network = ?1 AND s.identity = ?2
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.segment = ?3 AND l.key = s.key)
+             ORDER BY s.updated DESC",
+        )
+        .map_err(db)?;
+    let keys = stmt
+        .query_map(params![network, identity, segment], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map_err(db)?;
+    for k in keys {
+        let Some(address) = addr_of_key(&k.map_err(db)?) else {
+            continue;
+        };
+        let usable = ranges.iter().find(|r| {
+            r.range.contains(&address)
+                && !r.excluded.contains(&address)
+                && usable_bounds(r.subnet, r.range)
+                    .is_some_and(|(lo, hi)| (lo..=hi).contains(&addr_to_u128(address)))
+        });
+        if let Some(r) = usable {
+            return Ok(Some((address, r.subnet.prefix_len())));
+        }
+    }
+    Ok(None)
+}
+
+/// Remembers that `identity` was given `address` on `network` (sticky_ips).
+fn remember_sticky(
+    tx: &Transaction<'_>,
+    network: &str,
+    identity: &str,
+    address: IpAddr,
+) -> Result<(), IpamError> {
+    tx.prepare_cached(
+        "INSERT INTO sticky (network, identity, key, updated) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (network, identity, key) DO UPDATE SET updated = excluded.updated",
+    )
+    .and_then(|mut s| s.execute(params![network, identity, key_of_addr(address), now_ns()]))
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Unix time in nanoseconds: orders the addresses an identity held, also
+/// two given within one second.
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 fn delete_leases(
     tx: &Transaction<'_>,
     sql: &str,
@@ -1171,12 +1249,23 @@ impl LeaseStore for SqliteStore {
                 let Want::Pool { ranges } = want else {
                     continue;
                 };
-                let (address, prefix_len) = if claim.shared {
+                let remembered = match &claim.sticky {
+                    Some(identity) => {
+                        sticky_pick(&tx, &claim.segment, &claim.network, identity, ranges)?
+                    }
+                    None => None,
+                };
+                let (address, prefix_len) = if let Some(picked) = remembered {
+                    picked
+                } else if claim.shared {
                     blocks::allocate(&tx, &claim.segment, &claim.network, ranges)?
                 } else {
                     let (address, range) = allocate(&tx, &claim.segment, &claim.network, ranges)?;
                     (address, range.subnet.prefix_len())
                 };
+                if let Some(identity) = &claim.sticky {
+                    remember_sticky(&tx, &claim.network, identity, address)?;
+                }
                 let l = lease(claim, macs[ci], address, prefix_len);
                 insert_lease(&tx, &l)?;
                 out[ci][wi] = Some(l);
@@ -1408,6 +1497,7 @@ mod tests {
             macvlan_sources: Vec::new(),
             announce: None,
             mac_policy: None,
+            sticky_ips: false,
             name: name.into(),
             driver: Driver::Macvlan,
             parent: "eth0".into(),
@@ -1446,6 +1536,7 @@ mod tests {
     fn pool_claim(n: &Network) -> Claim {
         Claim {
             shared: false,
+            sticky: None,
             network: n.name.clone(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -1585,6 +1676,7 @@ mod tests {
         let s = SqliteStore::open(&dir.0).unwrap();
         let claim = |ifname: &str| Claim {
             shared: false,
+            sticky: None,
             network: "lan".into(),
             ifname: ifname.into(),
             segment: String::new(),
@@ -1653,6 +1745,7 @@ mod tests {
         );
         let claim = Claim {
             shared: false,
+            sticky: None,
             network: "n".into(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -1933,6 +2026,7 @@ mod tests {
             "ns",
             &[Claim {
                 shared: false,
+                sticky: None,
                 network: "m".into(),
                 ifname: "eth0".into(),
                 segment: String::new(),
@@ -1949,6 +2043,7 @@ mod tests {
             pool_claim(&n),
             Claim {
                 shared: false,
+                sticky: None,
                 network: "m".into(),
                 ifname: "eth1".into(),
                 segment: String::new(),
@@ -2144,6 +2239,7 @@ mod tests {
         let ranges = pools_of(&n).remove(0);
         let bulk = Claim {
             shared: false,
+            sticky: None,
             network: "big".into(),
             ifname: "eth0".into(),
             segment: String::new(),
@@ -2199,6 +2295,7 @@ mod tests {
     ) -> Claim {
         Claim {
             shared: false,
+            sticky: None,
             network: network.into(),
             segment: segment.into(),
             ifname: "eth0".into(),

@@ -821,6 +821,7 @@ mod tests {
             mac: MacWant::None,
             wants,
             shared,
+            sticky: None,
         }
     }
 
