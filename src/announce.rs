@@ -15,6 +15,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -140,12 +141,27 @@ pub fn send(ifindex: u32, frames: &[Vec<u8>]) -> io::Result<()> {
     }
 }
 
-/// Starts `netattach announce` for the rounds after the first: it enters the
-/// netns `netns_fd` (inherited), and announces `addresses` on `ifname`
-/// `count - 1` more times, a second apart. Its stdio is /dev/null so that a
-/// runtime reading the hook's output does not wait for it; a thread reaps it.
+/// The inode of the network namespace `fd` refers to.
+pub fn netns_inode(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: fstat fills a zeroed stat of a valid fd.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.st_ino)
+    }
+}
+
+/// Starts `netattach announce` for the rounds after the first: `count - 1`
+/// more, a second apart, each entering the netns at `netns_path` only while
+/// it sends, and only while that path still opens the same namespace
+/// (`inode`): the helper never keeps a container's netns alive. Its stdio
+/// is /dev/null so that a runtime reading the hook's output does not wait
+/// for it; a thread reaps it.
 pub fn spawn_repeats(
-    netns_fd: RawFd,
+    netns_path: &Path,
+    inode: u64,
     ifname: &str,
     mac: [u8; 6],
     addresses: &[IpAddr],
@@ -154,59 +170,57 @@ pub fn spawn_repeats(
     if count < 2 || addresses.is_empty() {
         return Ok(());
     }
-    // A duplicate without close-on-exec is what the child inherits.
-    // SAFETY: dup of a valid fd; the duplicate is closed below.
-    let inherited = unsafe { libc::dup(netns_fd) };
-    if inherited < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mac = crate::request::MacAddr(mac).to_string();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.args([
-        "announce",
-        "--netns-fd",
-        &inherited.to_string(),
-        "--ifname",
-        ifname,
-    ])
-    .args(["--mac", &mac, "--count", &(count - 1).to_string()])
-    .args(addresses.iter().map(|a| a.to_string()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let spawned = cmd.spawn();
-    // SAFETY: closing the duplicate made above.
-    unsafe { libc::close(inherited) };
-    let mut child = spawned?;
+    let mut child = Command::new("/proc/self/exe")
+        .arg("announce")
+        .arg("--netns")
+        .arg(netns_path)
+        .args(["--inode", &inode.to_string(), "--ifname", ifname])
+        .args(["--mac", &mac, "--count", &(count - 1).to_string()])
+        .args(addresses.iter().map(|a| a.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     std::thread::spawn(move || child.wait());
     Ok(())
 }
 
 /// The rounds after the first (`netattach announce`, see [`spawn_repeats`]).
-/// Ends quietly when the link or its netns is gone.
+/// Ends quietly when the netns, or the link in it, is gone.
 pub fn repeat(
-    netns_fd: RawFd,
+    netns_path: &Path,
+    inode: u64,
     ifname: &str,
     mac: [u8; 6],
     addresses: &[IpAddr],
     rounds: u32,
 ) -> io::Result<()> {
-    // SAFETY: setns on an fd this process inherited for this purpose.
-    if unsafe { libc::setns(netns_fd, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: closing the inherited fd once it is no longer needed.
-    unsafe { libc::close(netns_fd) };
     let frames = frames(mac, addresses);
     let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
     for _ in 0..rounds.min(MAX_COUNT) {
         std::thread::sleep(INTERVAL);
-        // SAFETY: if_nametoindex reads a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
+        let Ok(ns) = crate::netns::Netns::open(netns_path) else {
+            return Ok(());
+        };
+        if netns_inode(ns.raw_fd())? != inode {
             return Ok(());
         }
-        send(index, &frames)?;
+        // A thread enters it and leaves with the thread: this process
+        // holds the namespace only while it sends.
+        let frames = &frames;
+        let name = &name;
+        let sent = ns.run(|| {
+            // SAFETY: if_nametoindex reads a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Ok(false);
+            }
+            send(index, frames).map(|()| true)
+        })??;
+        if !sent {
+            return Ok(());
+        }
     }
     Ok(())
 }

@@ -150,7 +150,7 @@ fn attach_defined(
 ) -> Result<Vec<AttachedLink>> {
     let Owner {
         id: owner,
-        identity,
+        identity: stable_identity,
     } = owner;
     let mut host = Netlink::open()?;
 
@@ -166,6 +166,7 @@ fn attach_defined(
     let mut todo_requests = Vec::new();
     let mut todo_networks = Vec::new();
     let mut todo_indices = Vec::new();
+    let mut repairs: Vec<Repair> = Vec::new();
     let previous = store.attachments_of(owner)?;
     crate::timing::mark("netlink sockets open, earlier attachments read");
     if previous
@@ -200,6 +201,21 @@ fn attach_defined(
                 Some(link) if is_ours(&link) => inside.netlink.delete_link(link.index)?,
                 _ => {}
             }
+            // The link is gone or incomplete (its parent went away, an
+            // attach was killed half-way): made again with the addresses
+            // and MAC the owner holds, unless the request now asks for
+            // other addresses.
+            if a.link.is_some() && !leases.is_empty() && asks_for_same(req, &leases) {
+                repairs.push(Repair {
+                    index: i,
+                    request: req.clone(),
+                    network: net,
+                    ifname: a.ifname.clone(),
+                    mac: a.mac,
+                    leases,
+                });
+                continue;
+            }
             store.release_networks(owner, std::slice::from_ref(&net.name))?;
         }
         todo_requests.push(req.clone());
@@ -209,21 +225,23 @@ fn attach_defined(
     if let (Some((index, network)), Some((_, routes))) = (&default_link_done, &default_routes) {
         add_missing_default_routes(&mut inside.netlink, *index, routes, network)?;
     }
-    if todo_requests.is_empty() {
+    if todo_requests.is_empty() && repairs.is_empty() {
         return Ok(done);
     }
 
-    let names: Vec<String> = inside
+    let mut names: Vec<String> = inside
         .netlink
         .links()?
         .into_iter()
         .map(|l| l.name)
         .collect();
+    // A link to make again keeps its name: no new link may take it.
+    names.extend(repairs.iter().map(|r| r.ifname.clone()));
     let scope = plan::Scope {
         peers: all,
         existing_ifnames: &names,
         trusted: false,
-        identity,
+        identity: stable_identity,
     };
     let mut plans = plan::build(&todo_requests, &todo_networks, scope)?;
     for (plan, i) in plans.iter_mut().zip(&todo_indices) {
@@ -233,13 +251,37 @@ fn attach_defined(
         };
     }
     crate::timing::mark("planned");
-    let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
-    let identity = identity::for_attach(target, &mut inside.netlink, store.deadline())?.to_string();
-    // The parent-sharing rules, addresses and MACs are settled in one
-    // transaction; an owner in the way is first checked for being alive.
-    let mut namespaces = Namespaces::new();
-    let reservation = store.reserve(owner, &identity, &claims, &mut |a| namespaces.is_alive(a))?;
+    let fresh = plans.len();
+    let mut reservation = if plans.is_empty() {
+        Reservation::default()
+    } else {
+        let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
+        let identity =
+            identity::for_attach(target, &mut inside.netlink, store.deadline())?.to_string();
+        // The parent-sharing rules, addresses and MACs are settled in one
+        // transaction; an owner in the way is first checked for being alive.
+        let mut namespaces = Namespaces::new();
+        store.reserve(owner, &identity, &claims, &mut |a| namespaces.is_alive(a))?
+    };
     crate::timing::mark("leases committed");
+    // Links made again: planned as the request says, with the name, MAC
+    // and addresses the owner already holds.
+    for r in repairs {
+        let mut plan = plan::build(
+            std::slice::from_ref(&r.request),
+            std::slice::from_ref(&r.network),
+            scope,
+        )?
+        .remove(0);
+        plan.ifname = r.ifname;
+        plan.default_routes = match &default_routes {
+            Some((d, routes)) if *d == r.index => routes.clone(),
+            _ => Vec::new(),
+        };
+        plans.push(plan);
+        reservation.leases.push(r.leases);
+        reservation.macs.push(r.mac);
+    }
 
     let mut created = Vec::new();
     let result = apply(
@@ -263,7 +305,12 @@ fn attach_defined(
                     problems.push(e.to_string());
                 }
             }
-            let nets: Vec<String> = plans.iter().map(|p| p.network.name.clone()).collect();
+            // Only what this attach reserved is freed; links it was making
+            // again keep their owner's leases (and may be made again later).
+            let nets: Vec<String> = plans[..fresh]
+                .iter()
+                .map(|p| p.network.name.clone())
+                .collect();
             if let Err(e) = store.release_networks(owner, &nets) {
                 problems.push(e.to_string());
             }
@@ -274,6 +321,24 @@ fn attach_defined(
             }
         }
     }
+}
+
+/// A link of an earlier attach to make again with what its owner holds.
+struct Repair {
+    /// Its position in the request.
+    index: usize,
+    request: NetworkRequest,
+    network: Network,
+    ifname: String,
+    mac: Option<MacAddr>,
+    leases: Vec<Lease>,
+}
+
+/// Whether `req` asks for the addresses `leases` hold (or for none: pooled).
+fn asks_for_same(req: &NetworkRequest, leases: &[Lease]) -> bool {
+    req.ips
+        .iter()
+        .all(|ip| leases.iter().any(|l| l.address == ip.addr))
 }
 
 /// Frees the owner's leases (SPEC §4). When the owner's netns still lives (a
@@ -522,8 +587,16 @@ fn apply(
             .thread
             .run(move || crate::announce::send(index, &frames))?
             .with_context(|| format!("network {}: announce its addresses", plan.network.name))?;
-        crate::announce::spawn_repeats(target.raw_fd(), &plan.ifname, mac.0, &addresses, count)
-            .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
+        let inode = crate::announce::netns_inode(target.raw_fd())?;
+        crate::announce::spawn_repeats(
+            target.path(),
+            inode,
+            &plan.ifname,
+            mac.0,
+            &addresses,
+            count,
+        )
+        .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
     }
     crate::timing::mark("announced");
     // The host's routes to the new addresses through the networks' host

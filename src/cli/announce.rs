@@ -10,9 +10,13 @@ use crate::request::MacAddr;
 
 #[derive(Args)]
 pub struct AnnounceArgs {
-    /// An inherited fd of the container's network namespace.
+    /// The container's network namespace.
     #[arg(long)]
-    netns_fd: i32,
+    netns: std::path::PathBuf,
+    /// Its inode when the announcements began: another namespace at that
+    /// path later is not the container's.
+    #[arg(long)]
+    inode: u64,
     #[arg(long)]
     ifname: String,
     #[arg(long)]
@@ -25,7 +29,8 @@ pub struct AnnounceArgs {
 
 pub fn run(args: AnnounceArgs) -> Result<()> {
     crate::announce::repeat(
-        args.netns_fd,
+        &args.netns,
+        args.inode,
         &args.ifname,
         args.mac.0,
         &args.addresses,
