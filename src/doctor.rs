@@ -121,6 +121,31 @@ pub fn netns_identity() -> HostCheck {
     }
 }
 
+/// Live containers whose links are gone (`netattach repair` gives them back).
+pub fn links_to_repair(store: &dyn LeaseStore) -> HostCheck {
+    let (state, problems) = match crate::repair::find(store) {
+        Ok(broken) if broken.is_empty() => ("none".to_string(), Vec::new()),
+        Ok(broken) => (
+            format!("{} (netattach repair)", broken.len()),
+            broken
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{} of {} (network {}): {}",
+                        b.ifname, b.owner, b.network, b.state
+                    )
+                })
+                .collect(),
+        ),
+        Err(e) => ("unknown".to_string(), vec![format!("{e:#}")]),
+    };
+    HostCheck {
+        check: "links to repair",
+        state,
+        problems,
+    }
+}
+
 /// The report line of a definition file that does not load.
 pub fn broken_definition(b: &BrokenDefinition) -> ParentState {
     ParentState {

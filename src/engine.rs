@@ -229,13 +229,14 @@ fn attach_defined(
         return Ok(done);
     }
 
-    let mut names: Vec<String> = inside
+    let present: Vec<String> = inside
         .netlink
         .links()?
         .into_iter()
         .map(|l| l.name)
         .collect();
     // A link to make again keeps its name: no new link may take it.
+    let mut names = present.clone();
     names.extend(repairs.iter().map(|r| r.ifname.clone()));
     let scope = plan::Scope {
         peers: all,
@@ -267,8 +268,19 @@ fn attach_defined(
     // Links made again: planned as the request says, with the name, MAC
     // and addresses the owner already holds.
     for r in repairs {
+        // What the store granted is made again as it was: the recorded MAC
+        // as if requested, past the request policy (it was checked then).
+        let request = NetworkRequest {
+            mac: r.mac,
+            ..r.request
+        };
+        let scope = plan::Scope {
+            trusted: true,
+            existing_ifnames: &present,
+            ..scope
+        };
         let mut plan = plan::build(
-            std::slice::from_ref(&r.request),
+            std::slice::from_ref(&request),
             std::slice::from_ref(&r.network),
             scope,
         )?

@@ -25,6 +25,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nri;
 pub mod plan;
+pub mod repair;
 pub mod request;
 pub mod secure_fs;
 pub mod sharing;

@@ -43,6 +43,9 @@ enum Command {
     Gc(cli::gc::GcArgs),
     /// Make every network's host link (--host-address) as it should be.
     HostLinks(cli::hostlinks::HostLinksArgs),
+    /// Give live containers whose links are gone (a parent went away) their
+    /// links back, with their addresses and MACs.
+    Repair(cli::repair::RepairArgs),
     /// Kernel support for macvlan, ipvlan and 802.1Q; each network's parent.
     Doctor(cli::doctor::DoctorArgs),
     /// NRI plugin for containerd and CRI-O: attach pods' networks.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Lease(cmd) => cli::lease::run(&ctx, cmd),
         Command::Gc(args) => cli::gc::run(&ctx, args),
         Command::HostLinks(args) => cli::hostlinks::run(&ctx, args),
+        Command::Repair(args) => cli::repair::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
         Command::Nri(args) => cli::nri::run(&ctx, args),
         Command::Announce(args) => cli::announce::run(args),

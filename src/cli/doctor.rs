@@ -21,6 +21,7 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
     let host = vec![
         doctor::lease_store_lock(store.queue_path()),
         doctor::netns_identity(),
+        doctor::links_to_repair(&store),
     ];
     let mut parents = doctor::parents(&mut Netlink::open()?, &store, &listed.networks, &features)?;
     parents.extend(listed.broken.iter().map(doctor::broken_definition));

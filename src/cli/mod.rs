@@ -11,6 +11,7 @@ pub mod hostlinks;
 pub mod lease;
 pub mod network;
 pub mod nri;
+pub mod repair;
 
 use std::path::PathBuf;
 
