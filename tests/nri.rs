@@ -1521,3 +1521,55 @@ fn the_plugin_heartbeats_shared_networks_from_its_own_thread() {
     );
     assert_clean_framing(&rt);
 }
+
+#[test]
+fn the_plugin_repairs_pods_when_their_parent_comes_back() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = lan_with_network();
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+    let ns = lan.container_ns("p");
+    let pod = Pod::new("podrepair", ns.path_str()).annotate(ANNOTATION, "lan@eth1");
+    rt.run_pod(&pod).unwrap();
+    let before = common::addrs(&ns.name, "eth1");
+    let mac = common::link_json(&ns.name, "eth1")["address"].clone();
+    assert!(in_lan(&before), "{before:?}");
+    // The parent goes away (its macvlans with it) and comes back.
+    lan.host.ip(&["link", "del", &lan.parent]);
+    assert!(common::link_json(&ns.name, "eth1").is_null());
+    lan.host.ip(&[
+        "link",
+        "add",
+        &lan.parent,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "gw0",
+        "netns",
+        lan.ext_ns(),
+    ]);
+    lan.ext
+        .ip(&["addr", "add", &format!("{}/24", lan.gw4), "dev", "gw0"]);
+    lan.ext.ip(&["link", "set", "gw0", "up"]);
+    lan.host.ip(&["link", "set", &lan.parent, "up"]);
+    assert!(
+        eventually(Duration::from_secs(5), || common::addrs(&ns.name, "eth1")
+            == before),
+        "not repaired; log:\n{}",
+        plugin.log()
+    );
+    assert_eq!(common::link_json(&ns.name, "eth1")["address"], mac);
+    assert!(common::ping_from(&ns.name, &lan.gw4));
+    assert!(
+        plugin.log().contains("repair: pod podrepair"),
+        "{}",
+        plugin.log()
+    );
+    rt.remove_pod(&pod).unwrap();
+    assert_clean_framing(&rt);
+}

@@ -15,6 +15,7 @@
 //! - [`owners`]: which lease owners this runtime's plugin attached.
 //! - [`run`]: registration, the two ways to run, reconnection.
 //! - [`upkeep`]: the etcd thread of shared networks (heartbeats).
+//! - [`links`]: repair when a network's parent comes back.
 //! - [`settings`], [`log`]: identity, plugin config file, timestamped log.
 //!
 //! Design: synchronous, threads, no async runtime. The plugin serves one
@@ -30,6 +31,7 @@
 //! the message bodies from the generated bindings. This also keeps the hook
 //! path (and every other face) free of any async runtime.
 
+pub mod links;
 pub mod log;
 pub mod mux;
 pub mod owners;

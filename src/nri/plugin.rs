@@ -56,6 +56,9 @@ pub struct Paths {
     pub state_dir: PathBuf,
 }
 
+/// How long a repair waits for the engine's turn (and bounds its waits).
+const REPAIR_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a removal whose turn did not come within the runtime's budget
 /// keeps waiting in the background before leaving the pod's leases to the
 /// next `Synchronize` (or `gc`).
@@ -97,6 +100,58 @@ impl Plugin {
         })?;
         *lock(&self.upkeep) = Some(nudge);
         Ok(())
+    }
+
+    /// Starts the thread that repairs pods' links when a network's parent
+    /// comes back (see [`super::links`]).
+    pub fn start_repair_on_link_events(self: &Arc<Self>) -> std::io::Result<()> {
+        let for_dirs = Arc::downgrade(self);
+        let for_repair = Arc::downgrade(self);
+        super::links::start(
+            move || {
+                for_dirs
+                    .upgrade()
+                    .map(|p| NetworkDir::new(p.paths().config_dir))
+            },
+            move || {
+                if let Some(p) = for_repair.upgrade() {
+                    p.repair_links();
+                }
+            },
+        )
+    }
+
+    /// Repairs the links of live pods that lost them, with the engine's turn.
+    fn repair_links(&self) {
+        let store = match self.store() {
+            Ok(s) => s,
+            Err(e) => return nri_log!(warn, "repair: {e:#}"),
+        };
+        let _turn = match self.turn("repair".into(), Deadline::after(REPAIR_WAIT)) {
+            Ok(t) => t,
+            Err(e) => return nri_log!(warn, "repair: {e}"),
+        };
+        let broken = match crate::repair::find(&*store) {
+            Ok(b) => b,
+            Err(e) => return nri_log!(warn, "repair: {e:#}"),
+        };
+        let networks = NetworkDir::new(self.paths().config_dir);
+        for (owner, result) in crate::repair::repair(&networks, &*store, &broken) {
+            match result {
+                Ok(links) => {
+                    for l in links.iter().filter(|l| !l.existing) {
+                        nri_log!(
+                            info,
+                            "repair: pod {owner}: {} on network {} made again ({})",
+                            l.ifname,
+                            l.network,
+                            l.addresses.join(",")
+                        );
+                    }
+                }
+                Err(e) => nri_log!(error, "repair: pod {owner}: {e:#}"),
+            }
+        }
     }
 
     /// Asks the etcd thread for a round now (at `Synchronize`).

@@ -45,6 +45,7 @@ pub struct Options {
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let plugin = Arc::new(Plugin::new(opts.paths));
     plugin.start_upkeep()?;
+    plugin.start_repair_on_link_events()?;
     nri_log!(
         info,
         "netattach {} NRI plugin {}-{} starting",
