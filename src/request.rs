@@ -1247,4 +1247,23 @@ mod tests {
         assert_eq!(ip("2001:db8::1/64").prefix_len, Some(64));
         assert_eq!(unusable_reason("192.168.1.1".parse().unwrap()), None);
     }
+
+    #[test]
+    fn administrators_options_are_refused_in_requests() {
+        // Only the network's definition may set these: a request naming one
+        // is refused, not silently ignored.
+        for key in [
+            "host_address",
+            "host_addresses",
+            "macvlan_source",
+            "macvlan_sources",
+            "announce",
+            "mac_policy",
+            "sticky_ips",
+        ] {
+            let v = format!(r#"[{{"name":"lan","{key}":"x"}}]"#);
+            let e = refused(&v, &[key]);
+            assert!(e.contains("unknown key"), "{key}: {e}");
+        }
+    }
 }
