@@ -582,33 +582,17 @@ fn apply(
         )?;
     }
     crate::timing::mark("default routes");
-    // The LAN learns the new addresses at once: the first round from the
-    // container's netns now, the others from a process of their own.
-    for ((plan, leases), &index) in plans.iter().zip(&reservation.leases).zip(created.iter()) {
+    // The LAN learns the new addresses at once, from a process of its own
+    // (see src/announce.rs): the container's start does not wait for it.
+    for ((plan, leases), attached_link) in plans.iter().zip(&reservation.leases).zip(&attached) {
         let count = plan.network.announce();
-        let mac = attached
-            .iter()
-            .find(|a| a.network == plan.network.name)
-            .and_then(|a| a.mac.parse::<crate::request::MacAddr>().ok());
-        let (Some(mac), true) = (mac, count > 0) else {
+        let Ok(mac) = attached_link.mac.parse::<crate::request::MacAddr>() else {
             continue;
         };
         let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
-        let frames = crate::announce::frames(mac.0, &addresses);
-        inside
-            .thread
-            .run(move || crate::announce::send(index, &frames))?
-            .with_context(|| format!("network {}: announce its addresses", plan.network.name))?;
         let inode = crate::announce::netns_inode(target.raw_fd())?;
-        crate::announce::spawn_repeats(
-            target.path(),
-            inode,
-            &plan.ifname,
-            mac.0,
-            &addresses,
-            count,
-        )
-        .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
+        crate::announce::spawn(target.path(), inode, &plan.ifname, mac.0, &addresses, count)
+            .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
     }
     crate::timing::mark("announced");
     // The host's routes to the new addresses through the networks' host

@@ -50,9 +50,6 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// NRI plugin for containerd and CRI-O: attach pods' networks.
     Nri(cli::nri::NriArgs),
-    /// The announcements of a new link after its first (started by attach).
-    #[command(hide = true)]
-    Announce(cli::announce::AnnounceArgs),
 }
 
 /// `netattach hook [attach|release]` without options, as every container
@@ -96,7 +93,6 @@ fn main() -> ExitCode {
         Command::Repair(args) => cli::repair::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
         Command::Nri(args) => cli::nri::run(&ctx, args),
-        Command::Announce(args) => cli::announce::run(args),
     };
     netattach::timing::mark("done");
     match result {

@@ -1,7 +1,6 @@
 //! The command-line verbs, one module each. They translate arguments into calls
 //! of the core and print the outcome; no logic of their own beyond that.
 
-pub mod announce;
 pub mod attach;
 pub mod doctor;
 pub mod gc;
