@@ -341,6 +341,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
     rt.run_pod(&b).unwrap();
     rt.run_pod(&c).unwrap();
     let c_leases = lan.addresses_of("podcccc");
+    let a_leases = lan.addresses_of("podaaaa");
     let c_addrs = common::addrs(&ns_c.name, "eth1");
     // A hand attach shares the store: reconciliation must not touch it.
     let ns_h = lan.container_ns("h");
@@ -382,7 +383,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
         1,
         "hand attach untouched"
     );
-    // The engine repairs a lost link under a fresh lease (round-robin).
+    // The re-check makes the lost link again, with the address pod a holds.
     assert!(
         eventually(Duration::from_secs(10), || in_lan(&common::addrs(
             &ns_a.name, "eth1"
@@ -390,7 +391,7 @@ fn restart_reconnects_and_synchronize_reconciles() {
         "re-check restores pod a's interface"
     );
     let leased = lan.addresses_of("podaaaa");
-    assert_eq!(leased.len(), 1);
+    assert_eq!(leased, a_leases, "the same address, not a new one");
     assert_eq!(
         common::addrs(&ns_a.name, "eth1"),
         vec![format!("{}/24", leased[0])]
@@ -1571,5 +1572,40 @@ fn the_plugin_repairs_pods_when_their_parent_comes_back() {
         plugin.log()
     );
     rt.remove_pod(&pod).unwrap();
+    assert_clean_framing(&rt);
+}
+
+#[test]
+fn a_recreated_pod_gets_its_stable_mac_back() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &["-o", "mac_policy=stable"]);
+    let sock = lan.dir.path().join("nri.sock");
+    let listener = listen(&sock);
+    let _plugin = start_external(Some(&lan), lan.dir.path(), &sock);
+    let rt = accept(&listener, &Options::default());
+    // The same pod (namespace/name) twice, with new sandbox ids.
+    let first_ns = lan.container_ns("p1");
+    let first = Pod {
+        name: "web-0".into(),
+        ..Pod::new("sandbox1", first_ns.path_str()).annotate(ANNOTATION, "lan@eth1")
+    };
+    rt.run_pod(&first).unwrap();
+    let mac = common::link_json(&first_ns.name, "eth1")["address"].clone();
+    rt.remove_pod(&first).unwrap();
+    let again_ns = lan.container_ns("p2");
+    let again = Pod {
+        name: "web-0".into(),
+        ..Pod::new("sandbox2", again_ns.path_str()).annotate(ANNOTATION, "lan@eth1")
+    };
+    rt.run_pod(&again).unwrap();
+    assert_eq!(common::link_json(&again_ns.name, "eth1")["address"], mac);
+    // Another pod of that namespace gets another MAC.
+    let other_ns = lan.container_ns("p3");
+    let other = Pod::new("sandbox3", other_ns.path_str()).annotate(ANNOTATION, "lan@eth1");
+    rt.run_pod(&other).unwrap();
+    assert_ne!(common::link_json(&other_ns.name, "eth1")["address"], mac);
     assert_clean_framing(&rt);
 }
