@@ -1540,24 +1540,7 @@ fn the_plugin_repairs_pods_when_their_parent_comes_back() {
     let mac = common::link_json(&ns.name, "eth1")["address"].clone();
     assert!(in_lan(&before), "{before:?}");
     // The parent goes away (its macvlans with it) and comes back.
-    lan.host.ip(&["link", "del", &lan.parent]);
-    assert!(common::link_json(&ns.name, "eth1").is_null());
-    lan.host.ip(&[
-        "link",
-        "add",
-        &lan.parent,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "gw0",
-        "netns",
-        lan.ext_ns(),
-    ]);
-    lan.ext
-        .ip(&["addr", "add", &format!("{}/24", lan.gw4), "dev", "gw0"]);
-    lan.ext.ip(&["link", "set", "gw0", "up"]);
-    lan.host.ip(&["link", "set", &lan.parent, "up"]);
+    lan.recreate_parent();
     assert!(
         eventually(Duration::from_secs(5), || common::addrs(&ns.name, "eth1")
             == before),

@@ -7,30 +7,6 @@ mod common;
 
 use common::{FakeLan, GW4, GW6, SUBNET4, SUBNET6};
 
-/// Deletes the parent (and so its macvlans) and makes it again, as a NIC
-/// reset or a re-created VLAN does.
-fn parent_goes_away_and_comes_back(lan: &FakeLan) {
-    lan.host.ip(&["link", "del", &lan.parent]);
-    lan.host.ip(&[
-        "link",
-        "add",
-        &lan.parent,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "gw0",
-        "netns",
-        lan.ext_ns(),
-    ]);
-    lan.ext
-        .ip(&["addr", "add", &format!("{GW4}/24"), "dev", "gw0"]);
-    lan.ext
-        .ip(&["addr", "add", &format!("{GW6}/64"), "dev", "gw0", "nodad"]);
-    lan.ext.ip(&["link", "set", "gw0", "up"]);
-    lan.host.ip(&["link", "set", &lan.parent, "up"]);
-}
-
 #[test]
 fn live_containers_get_their_links_back_with_their_addresses() {
     if common::skip_unless_root() {
@@ -84,7 +60,7 @@ fn live_containers_get_their_links_back_with_their_addresses() {
     );
     assert_eq!(lan.netattach_ok(&["repair"]).trim(), "nothing to repair");
 
-    parent_goes_away_and_comes_back(&lan);
+    lan.recreate_parent();
     drop(gone); // a container that ended meanwhile is not repaired
     assert_eq!(common::link_names(&a.name), vec!["lo".to_string()]);
     // doctor says what needs repair, and fails.

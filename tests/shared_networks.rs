@@ -334,6 +334,25 @@ fn setup(parents: &[&str]) -> Option<(Lan, Etcd)> {
     Some((lan, etcd))
 }
 
+/// The LAN with one host per parent and etcd, and `network` shared by the
+/// first host (the others joined) on 192.168.33.0/27 in blocks of 8.
+fn small_shared(parents: &[&str], network: &str) -> Option<(Lan, Etcd)> {
+    let (lan, etcd) = setup(parents)?;
+    lan.share(
+        &etcd,
+        network,
+        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
+    );
+    Some((lan, etcd))
+}
+
+/// The attached containers, once every attach succeeded.
+fn all_attached(results: Vec<Result<Attached, String>>) -> Vec<Attached> {
+    let (ok, failed) = split(results);
+    assert!(failed.is_empty(), "{failed:?}");
+    ok
+}
+
 fn split(results: Vec<Result<Attached, String>>) -> (Vec<Attached>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
@@ -470,14 +489,10 @@ fn demand_beyond_the_range_fails_with_no_free_address() {
 
 #[test]
 fn etcd_down_only_new_blocks_fail_and_claims_resume_when_it_is_back() {
-    let Some((lan, mut etcd)) = setup(&["lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, mut etcd)) = small_shared(&["lan0", "lan0"], "wan") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "wan",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
     let mut live = Vec::new();
     for _ in 0..3 {
@@ -486,8 +501,7 @@ fn etcd_down_only_new_blocks_fail_and_claims_resume_when_it_is_back() {
     live.push(h1.attach("wan").expect("attach with etcd up"));
     etcd.kill();
     // Inside the blocks already claimed: attaches go on, 16 at once.
-    let (ok, failed) = split(h0.attach_many("wan", 5));
-    assert!(failed.is_empty(), "{failed:?}");
+    let ok = all_attached(h0.attach_many("wan", 5));
     live.extend(ok);
     // A new block is needed: refused quickly, in one line that says why
     // and what this host has left.
@@ -528,17 +542,12 @@ fn etcd_down_only_new_blocks_fail_and_claims_resume_when_it_is_back() {
 
 #[test]
 fn a_forgotten_hosts_blocks_go_to_the_others() {
-    let Some((lan, etcd)) = setup(&["lan0", "lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, etcd)) = small_shared(&["lan0", "lan0", "lan0"], "pool") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "pool",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let [h0, h1, h2] = [&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]];
-    let (gone, failed) = split(h2.attach_many("pool", 16));
-    assert!(failed.is_empty(), "{failed:?}");
+    let gone = all_attached(h2.attach_many("pool", 16));
     let mut live = Vec::new();
     for h in [h0, h1] {
         let (ok, failed) = split(h.attach_many("pool", 8));
@@ -692,14 +701,10 @@ fn a_shared_network_attaches_on_another_host_with_its_own_parent() {
 
 #[test]
 fn etcd_killed_while_attaches_run() {
-    let Some((lan, mut etcd)) = setup(&["lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, mut etcd)) = small_shared(&["lan0"], "mid") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "mid",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let h0 = &lan.hosts[0];
     let first = h0.attach("mid").expect("attach with etcd up");
     // 24 attaches, 16 at once; etcd dies once 4 of them hold an address.
@@ -752,18 +757,12 @@ fn blocks_of(lan: &Lan, etcd: &Etcd, network: &str, host: &Host) -> BTreeSet<Ipv
 
 #[test]
 fn emptied_blocks_go_back_and_a_host_that_leaves_frees_everything() {
-    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, etcd)) = small_shared(&["lan0", "lan0"], "ret") else {
         return;
     };
-    // 32 addresses in 4 blocks of 8.
-    lan.share(
-        &etcd,
-        "ret",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
-    let (first, failed) = split(h0.attach_many("ret", 20));
-    assert!(failed.is_empty(), "{failed:?}");
+    let first = all_attached(h0.attach_many("ret", 20));
     assert_eq!(blocks_of(&lan, &etcd, "ret", h0).len(), 3);
     // Every container stops: the emptied blocks go back at once, but one,
     // kept for the next attach.
@@ -773,8 +772,7 @@ fn emptied_blocks_go_back_and_a_host_that_leaves_frees_everything() {
     assert!(h0.leased("ret").is_empty());
     assert_eq!(blocks_of(&lan, &etcd, "ret", h0).len(), 1);
     // The other host can use all the rest.
-    let (mut live, failed) = split(h1.attach_many("ret", 24));
-    assert!(failed.is_empty(), "{failed:?}");
+    let mut live = all_attached(h1.attach_many("ret", 24));
     assert_eq!(blocks_of(&lan, &etcd, "ret", h1).len(), 3);
     let e = h1.attach("ret").expect_err("h0 still holds a block");
     assert!(e.contains("no free address"), "{e}");
@@ -783,8 +781,7 @@ fn emptied_blocks_go_back_and_a_host_that_leaves_frees_everything() {
     assert!(blocks_of(&lan, &etcd, "ret", h0).is_empty());
     let ls = h1.ok(&["host", "ls", "ret"]);
     assert!(!ls.contains(&h0.id), "{ls}");
-    let (more, failed) = split(h1.attach_many("ret", 8));
-    assert!(failed.is_empty(), "{failed:?}");
+    let more = all_attached(h1.attach_many("ret", 8));
     live.extend(more);
     assert_eq!(live.len(), 32);
     assert_leases_in_own_blocks(&lan, &etcd, "ret", h1);
@@ -798,17 +795,12 @@ fn emptied_blocks_go_back_and_a_host_that_leaves_frees_everything() {
 
 #[test]
 fn blocks_etcd_missed_are_set_right_by_gc() {
-    let Some((lan, mut etcd)) = setup(&["lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, mut etcd)) = small_shared(&["lan0"], "late") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "late",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let h0 = &lan.hosts[0];
-    let (live, failed) = split(h0.attach_many("late", 9));
-    assert!(failed.is_empty(), "{failed:?}");
+    let live = all_attached(h0.attach_many("late", 9));
     let before = blocks_of(&lan, &etcd, "late", h0);
     assert_eq!(before.len(), 2);
     // The one container alone in its block stops while etcd is down: the
@@ -878,8 +870,7 @@ fn blocks_etcd_missed_are_set_right_by_gc() {
     let ls = h0.ok(&["host", "ls", "--json", "late"]);
     assert!(ls.contains(&format!("{}-29", free.network())), "{ls}");
     // 7 live in the kept block, 1 free there and 8 in the taken-up one.
-    let (more, failed) = split(h0.attach_many("late", 9));
-    assert!(failed.is_empty(), "{failed:?}");
+    let more = all_attached(h0.attach_many("late", 9));
     assert_eq!(blocks_of(&lan, &etcd, "late", h0).len(), 2);
     let mut all: Vec<Attached> = live
         .iter()
@@ -1025,22 +1016,15 @@ fn thin_out(
 
 #[test]
 fn a_host_without_room_borrows_what_others_lend_and_they_take_it_back() {
-    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, etcd)) = small_shared(&["lan0", "lan0"], "lend") else {
         return;
     };
-    // 32 addresses in 4 blocks of 8.
-    lan.share(
-        &etcd,
-        "lend",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
-    let (first, failed) = split(h0.attach_many("lend", 17));
-    assert!(failed.is_empty(), "{failed:?}");
+    let first = all_attached(h0.attach_many("lend", 17));
     // h0's three blocks keep 6, 2 and 1 containers: 13 addresses free there.
     let mut live0 = thin_out(&lan, &etcd, "lend", h0, first, &[6, 2, 1]);
-    let (mut live1, failed) = split(h1.attach_many("lend", 8));
-    assert!(failed.is_empty(), "{failed:?}");
+    let mut live1 = all_attached(h1.attach_many("lend", 8));
     // h1's block is full and no block is free: nothing to borrow yet.
     let e = h1.attach("lend").expect_err("nothing lent yet");
     assert!(
@@ -1066,8 +1050,7 @@ fn a_host_without_room_borrows_what_others_lend_and_they_take_it_back() {
     // Its containers there are published as address keys.
     assert_eq!(etcd_address_keys(&lan, &etcd, "lend").len(), 3);
     // h1 borrows 10 of the 13 free addresses there, 16 attaches at once.
-    let (borrowed, failed) = split(h1.attach_many("lend", 10));
-    assert!(failed.is_empty(), "{failed:?}");
+    let borrowed = all_attached(h1.attach_many("lend", 10));
     for a in &borrowed {
         let ip: Ipv4Addr = a.address.parse().unwrap();
         assert!(
@@ -1088,8 +1071,7 @@ fn a_host_without_room_borrows_what_others_lend_and_they_take_it_back() {
     assert_eq!(h1_row["borrowed"], 10, "{ls}");
     live1.extend(borrowed.iter().cloned());
     // h0 fills its own block, then allocates in its lent blocks through keys.
-    let (more, failed) = split(h0.attach_many("lend", 5));
-    assert!(failed.is_empty(), "{failed:?}");
+    let more = all_attached(h0.attach_many("lend", 5));
     live0.extend(more);
     let e = h0.attach("lend").expect_err("the range is full");
     assert!(e.contains("no free address"), "{e}");
@@ -1133,24 +1115,17 @@ fn a_host_without_room_borrows_what_others_lend_and_they_take_it_back() {
 
 #[test]
 fn a_forgotten_lenders_blocks_stay_taken_while_borrowed() {
-    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, etcd)) = small_shared(&["lan0", "lan0"], "orph") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "orph",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
-    let (first, failed) = split(h0.attach_many("orph", 17));
-    assert!(failed.is_empty(), "{failed:?}");
+    let first = all_attached(h0.attach_many("orph", 17));
     thin_out(&lan, &etcd, "orph", h0, first, &[6, 2, 1]);
-    let (live1, failed) = split(h1.attach_many("orph", 8));
-    assert!(failed.is_empty(), "{failed:?}");
+    let live1 = all_attached(h1.attach_many("orph", 8));
     h1.attach("orph").expect_err("nothing lent yet");
     h0.ok(&["gc"]);
-    let (borrowed, failed) = split(h1.attach_many("orph", 4));
-    assert!(failed.is_empty(), "{failed:?}");
+    let borrowed = all_attached(h1.attach_many("orph", 4));
     // The lent blocks h1 borrowed from (one or both: borrows start at a
     // random lent block).
     let modes = etcd_block_modes(&lan, &etcd, "orph");
@@ -1193,8 +1168,7 @@ fn a_forgotten_lenders_blocks_stay_taken_while_borrowed() {
     assert!(keys.values().all(|h| *h == h1.id), "{keys:?}");
     // h1 claims the freed block and borrows the orphans' free addresses,
     // never one of the 4 it holds there.
-    let (more, failed) = split(h1.attach_many("orph", 20));
-    assert!(failed.is_empty(), "{failed:?}");
+    let more = all_attached(h1.attach_many("orph", 20));
     let mut all: Vec<Attached> = live1
         .iter()
         .chain(&borrowed)
@@ -1235,24 +1209,18 @@ fn a_forgotten_lenders_blocks_stay_taken_while_borrowed() {
 
 #[test]
 fn a_host_forgotten_while_running_joins_again_with_its_live_addresses() {
-    let Some((lan, etcd)) = setup(&["lan0", "lan0"]) else {
+    // 32 addresses in 4 blocks of 8.
+    let Some((lan, etcd)) = small_shared(&["lan0", "lan0"], "keep") else {
         return;
     };
-    lan.share(
-        &etcd,
-        "keep",
-        &["--ip-range", "192.168.33.0/27", "--block-prefix", "29"],
-    );
     lan.share(
         &etcd,
         "lost",
         &["--ip-range", "192.168.34.0/27", "--block-prefix", "29"],
     );
     let (h0, h1) = (&lan.hosts[0], &lan.hosts[1]);
-    let (mut keep, failed) = split(h0.attach_many("keep", 3));
-    assert!(failed.is_empty(), "{failed:?}");
-    let (lost, failed) = split(h0.attach_many("lost", 3));
-    assert!(failed.is_empty(), "{failed:?}");
+    let mut keep = all_attached(h0.attach_many("keep", 3));
+    let lost = all_attached(h0.attach_many("lost", 3));
     // The operator wrongly forgets h0, whose containers still run.
     let said = h1.ok(&["host", "forget", "--force", &h0.id]);
     assert!(
@@ -1261,8 +1229,7 @@ fn a_host_forgotten_while_running_joins_again_with_its_live_addresses() {
     );
     // On "lost", h1 takes every block, h0's old one too: its three
     // addresses are now given out twice (what forgetting a live host does).
-    let (taken, failed) = split(h1.attach_many("lost", 32));
-    assert!(failed.is_empty(), "{failed:?}");
+    let taken = all_attached(h1.attach_many("lost", 32));
     assert_eq!(taken.len(), 32);
     // A join again notices, joins with a new epoch and registers what is
     // still live: "keep"'s block is free, so it is claimed back.

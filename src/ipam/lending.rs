@@ -20,10 +20,10 @@ use serde_json::json;
 
 use super::pool::{pools_of, ranges_label, u128_to_addr, usable_bounds};
 use super::shared::{
-    block_key, block_name, client_until, epoch_holds, json_of, key, member, parse_block_name,
-    shared_of, unix_now, usable_in, CLAIM_TRIES, TXN_CHUNK,
+    block_key, block_name, client_until, is_ours, json_of, key, member, parse_block_name,
+    refused_on_epoch, shared_of, unix_now, usable_in, CLAIM_TRIES, TXN_CHUNK,
 };
-use super::sqlite::{address_key_name, forgotten_error, BlockFill, SqliteStore, SHARED};
+use super::sqlite::{address_key_name, BlockFill, SqliteStore, SHARED};
 use super::{IpamError, PoolRange};
 use crate::config::Network;
 use crate::deadline::Deadline;
@@ -148,10 +148,7 @@ pub fn borrow(
         let created = match answer {
             Ok(r) if r.succeeded => Some(r.revision),
             Ok(r) => {
-                if !epoch_holds(r.results.first(), st.epoch) {
-                    store.mark_forgotten(name, st.epoch)?;
-                    return Err(forgotten_error(name, &st.host));
-                }
+                refused_on_epoch(store, &st, &r)?;
                 None
             }
             Err(e) if e.not_applied() => return Err(fail(e)),
@@ -159,10 +156,7 @@ pub fn borrow(
             Err(_) => client()?
                 .get(akey.as_bytes())
                 .map_err(fail)?
-                .filter(|kv| {
-                    let v = json_of(kv);
-                    v["host"] == st.host.as_str() && v["epoch"] == st.epoch
-                })
+                .filter(|kv| is_ours(kv, &st))
                 .map(|kv| kv.create_revision),
         };
         if let Some(revision) = created {
@@ -344,10 +338,7 @@ fn lend(
             Ok(true)
         }
         Ok(r) => {
-            if !epoch_holds(r.results.first(), st.epoch) {
-                store.mark_forgotten(name, st.epoch)?;
-                return Err(forgotten_error(name, &st.host));
-            }
+            refused_on_epoch(store, st, &r)?;
             store.abort_lend(name, b.block)?;
             Ok(false)
         }
@@ -384,10 +375,7 @@ fn reclaim(
     let client = || client_until(&shared.etcd, until).map_err(fail);
     let prefix = key(name, &format!("addrs/{}/", block_name(b.block)));
     let keys = client()?.get_prefix(&prefix).map_err(fail)?;
-    let all_ours = keys.kvs.iter().all(|kv| {
-        let v = json_of(kv);
-        v["host"] == st.host.as_str() && v["epoch"] == st.epoch
-    });
+    let all_ours = keys.kvs.iter().all(|kv| is_ours(kv, st));
     if !all_ours {
         return Ok(false);
     }
@@ -411,10 +399,7 @@ fn reclaim(
     let revision = match answer {
         Ok(r) if r.succeeded => Some(r.revision),
         Ok(r) => {
-            if !epoch_holds(r.results.first(), st.epoch) {
-                store.mark_forgotten(name, st.epoch)?;
-                return Err(forgotten_error(name, &st.host));
-            }
+            refused_on_epoch(store, st, &r)?;
             None
         }
         Err(e) if e.not_applied() => return Err(fail(e)),
@@ -422,10 +407,7 @@ fn reclaim(
         Err(_) => client()?
             .get(&bkey)
             .map_err(fail)?
-            .filter(|kv| {
-                let v = json_of(kv);
-                v["host"] == st.host.as_str() && v["epoch"] == st.epoch && v["mode"] == "private"
-            })
+            .filter(|kv| is_ours(kv, st) && json_of(kv)["mode"] == "private")
             .map(|kv| kv.mod_revision),
     };
     match revision {

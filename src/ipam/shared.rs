@@ -231,6 +231,26 @@ fn unreachable(
     ))
 }
 
+/// After a refused transaction whose first read was `get P/hosts/HOST`: if
+/// this host's epoch is gone, it was forgotten; recorded, and said.
+pub(super) fn refused_on_epoch(
+    store: &SqliteStore,
+    st: &SharedState,
+    r: &etcd::TxnResult,
+) -> Result<(), IpamError> {
+    if epoch_holds(r.results.first(), st.epoch) {
+        return Ok(());
+    }
+    store.mark_forgotten(&st.network, st.epoch)?;
+    Err(super::sqlite::forgotten_error(&st.network, &st.host))
+}
+
+/// Whether `kv` (a block or address key) is this host's under its epoch.
+pub(super) fn is_ours(kv: &KeyValue, st: &SharedState) -> bool {
+    let v = json_of(kv);
+    v["host"] == st.host.as_str() && v["epoch"] == st.epoch
+}
+
 /// Whether a `get P/hosts/HOST` result shows this host under `epoch`.
 pub(super) fn epoch_holds(result: Option<&OpResult>, epoch: i64) -> bool {
     match result {
@@ -300,23 +320,17 @@ pub fn claim_block(
         match answer {
             Ok(r) if r.succeeded => return record(store, &st, block, r.revision),
             Ok(r) => {
-                if !epoch_holds(r.results.first(), st.epoch) {
-                    store.mark_forgotten(name, st.epoch)?;
-                    return Err(super::sqlite::forgotten_error(name, &st.host));
-                }
+                refused_on_epoch(store, &st, &r)?;
                 // Another host took it first: try another block.
             }
             Err(e) if e.not_applied() => return Err(unreachable(store, name, ranges, &e)),
             Err(e) => {
                 // The answer was lost: the block is ours only if etcd says so.
                 match client().and_then(|c| c.get(&bkey)) {
-                    Ok(Some(kv)) => {
-                        let v = json_of(&kv);
-                        if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
-                            return record(store, &st, block, kv.mod_revision);
-                        }
+                    Ok(Some(kv)) if is_ours(&kv, &st) => {
+                        return record(store, &st, block, kv.mod_revision);
                     }
-                    Ok(None) => {}
+                    Ok(_) => {}
                     Err(_) => {
                         return Err(IpamError::Shared(format!(
                             "network {name}: the claim of block {block} got no answer ({e}) \
@@ -461,10 +475,7 @@ pub fn return_blocks(
     };
     let client = || client_until(&shared.etcd, until).map_err(fail);
     let host_key = key(name, &format!("hosts/{}", st.host));
-    let ours = |kv: &KeyValue| {
-        let v = json_of(kv);
-        v["host"] == st.host.as_str() && v["epoch"] == st.epoch
-    };
+    let ours = |kv: &KeyValue| is_ours(kv, &st);
     let mut returned = 0;
     for b in &queued {
         let bkey = block_key(name, b.block);
@@ -479,10 +490,7 @@ pub fn return_blocks(
         let gone = match answer {
             Ok(r) if r.succeeded => true,
             Ok(r) => {
-                if !epoch_holds(r.results.first(), st.epoch) {
-                    store.mark_forgotten(name, st.epoch)?;
-                    return Err(super::sqlite::forgotten_error(name, &st.host));
-                }
+                refused_on_epoch(store, &st, &r)?;
                 // Changed since this host wrote it: gone or not ours is
                 // done; still ours (written elsewhere?) is left to `gc`.
                 match r.results.get(1) {
@@ -531,7 +539,7 @@ pub fn reconcile(
     let mut in_etcd: BTreeMap<IpNet, (String, i64)> = BTreeMap::new();
     for kv in client.get_prefix(&key(name, "blocks/")).map_err(fail)?.kvs {
         let v = json_of(&kv);
-        if v["host"] == st.host.as_str() && v["epoch"] == st.epoch {
+        if is_ours(&kv, &st) {
             let bname = String::from_utf8_lossy(&kv.key[strip..]).into_owned();
             if let Some(block) = parse_block_name(&bname) {
                 let mode = v["mode"].as_str().unwrap_or("").to_string();

@@ -368,6 +368,31 @@ impl FakeLan {
         Netns::new(&format!("na{}c{name}", self.tag))
     }
 
+    /// Deletes the parent (the kernel deletes every macvlan on it with it)
+    /// and makes it again with the gateway's addresses, as a NIC reset or a
+    /// re-created VLAN does.
+    pub fn recreate_parent(&self) {
+        self.host.ip(&["link", "del", &self.parent]);
+        self.host.ip(&[
+            "link",
+            "add",
+            &self.parent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gw0",
+            "netns",
+            &self.ext.name,
+        ]);
+        self.ext
+            .ip(&["addr", "add", &format!("{GW4}/24"), "dev", "gw0"]);
+        self.ext
+            .ip(&["addr", "add", &format!("{GW6}/64"), "dev", "gw0", "nodad"]);
+        self.ext.ip(&["link", "set", "gw0", "up"]);
+        self.host.ip(&["link", "set", &self.parent, "up"]);
+    }
+
     /// Names of the links in the host-side netns (normally `lo` and `lan0`).
     pub fn host_links(&self) -> Vec<String> {
         link_names(self.host_ns())
