@@ -17,11 +17,11 @@ into a fresh netns; one interleaved run, the order rotating every round):
                  address key in etcd
 
 Throughput: N attaches (`netattach attach`, 16 at once per host, each into a
-fresh netns made beforehand), on one host and on three hosts at once, for a
-network of each host alone and for a shared one: attaches per second and the
-three-host/one-host ratio. The hosts here are state directories on one
-machine: they share its CPUs, so the ratio shows what etcd and the protocol
-cost, not what three machines would do.
+fresh netns made beforehand), for a network of each host alone and for a
+shared one: on one host and on three hosts at once sharing the machine's
+CPUs (what etcd and the protocol cost), then on one host pinned to one CPU
+and on one host per CPU, each pinned to its own (as close to hosts on
+machines of their own as one machine gets: etcd is not pinned).
 
 etcd (Debian's etcd-server) runs in the benchmark's host netns on 127.0.0.1
 with its data dir in the benchmark's temporary directory; everything else as
@@ -97,15 +97,16 @@ class Etcd:
 class Host:
     """One netattach host: its own config and state dirs and host id."""
 
-    def __init__(self, work, binary, name):
-        self.bin, self.name = binary, name
+    def __init__(self, work, binary, name, cpu=None):
+        self.bin, self.name, self.cpu = binary, name, cpu
         self.env = dict(os.environ, NETATTACH_CONFIG_DIR=f"{work}/{name}/config",
                         NETATTACH_STATE_DIR=f"{work}/{name}/state")
         os.makedirs(f"{work}/{name}/config", exist_ok=True)
         self.work = work
 
     def run(self, *args, check=True):
-        r = subprocess.run([self.bin, *args], capture_output=True, env=self.env)
+        pin = None if self.cpu is None else (lambda: os.sched_setaffinity(0, {self.cpu}))
+        r = subprocess.run([self.bin, *args], capture_output=True, env=self.env, preexec_fn=pin)
         if check and r.returncode != 0:
             sys.exit(f"{self.name}: netattach {' '.join(args)}: {(r.stderr or r.stdout).decode().strip()}")
         return r
@@ -250,22 +251,31 @@ def burst(hosts, network, per_host, tag):
 
 
 def throughput(work, binary, etcd, per_host):
+    """Attaches per second of 1 and 3 hosts sharing the machine's CPUs, and
+    of 1 host on one CPU against one host per CPU (each pinned to its own),
+    which is what hosts on machines of their own would do, as far as this
+    machine can show it."""
     out = {}
-    for kind in ("local", "shared"):
-        for n in (1, 3):
-            hosts = [Host(work, binary, f"t{kind}{n}-{k}") for k in range(n)]
-            name = f"t{kind}{n}"
-            # A /22 each: 3 x 300 fit (shared: 16 blocks of 64).
-            subnet = f"10.{90 + n}.{0 if kind == 'local' else 4}.0/22"
-            hosts[0].create(etcd if kind == "shared" else None, name, subnet, subnet, 26)
-            for h in hosts[1:]:
-                if kind == "shared":
-                    h.join(etcd, name)
-                else:
-                    h.create(None, name, subnet, subnet, 0)
-            took = burst(hosts, name, per_host, name)
-            out[f"{kind}, {n} host{'s' if n > 1 else ''}"] = {
-                "attaches": n * per_host, "seconds": took, "per_second": n * per_host / took}
+    ncpu = len(os.sched_getaffinity(0))
+    for pinned in (False, True):
+        for kind in ("local", "shared"):
+            for n in ((1, ncpu) if pinned else (1, 3)):
+                hosts = [Host(work, binary, f"t{kind}{n}{'p' if pinned else ''}-{k}", k if pinned else None)
+                         for k in range(n)]
+                name = f"t{kind}{n}{'p' if pinned else ''}"
+                # A /22 each: 3 x 300 fit (shared: 16 blocks of 64).
+                subnet = f"10.{90 + n + (20 if pinned else 0)}.{0 if kind == 'local' else 4}.0/22"
+                hosts[0].create(etcd if kind == "shared" else None, name, subnet, subnet, 26)
+                for h in hosts[1:]:
+                    if kind == "shared":
+                        h.join(etcd, name)
+                    else:
+                        h.create(None, name, subnet, subnet, 0)
+                took = burst(hosts, name, per_host, name)
+                where = (", one CPU each" if n > 1 else ", on one CPU") if pinned else ""
+                out[f"{kind}, {n} host{'s' if n > 1 else ''}{where}"] = {
+                    "attaches": n * per_host, "seconds": took, "per_second": n * per_host / took,
+                    "base": f"{kind}, 1 host{', on one CPU' if pinned else ''}"}
     return out
 
 
@@ -275,13 +285,10 @@ def print_report(lat, tput, runs, per_host):
     print(base.table(f"Hook release by path ({runs} runs)", lat["release"], bases=("local",)))
     print()
     print(f"### Throughput ({per_host} attaches per host, {PARALLEL} at once per host)\n")
-    print("| case | attaches | seconds | attaches/s | 3 hosts / 1 host |")
+    print("| case | attaches | seconds | attaches/s | vs 1 host |")
     print("|---|---|---|---|---|")
     for case, r in tput.items():
-        kind = case.split(",")[0]
-        ratio = "—"
-        if "3 hosts" in case:
-            ratio = f"{r['per_second'] / tput[f'{kind}, 1 host']['per_second']:.2f}x"
+        ratio = "—" if r["base"] == case else f"{r['per_second'] / tput[r['base']]['per_second']:.2f}x"
         print(f"| {case} | {r['attaches']} | {r['seconds']:.2f} | {r['per_second']:.0f} | {ratio} |")
     print()
 
