@@ -34,5 +34,5 @@ find_cargo() {
             return 0
         fi
     fi
-    die "cargo not found; install Rust (stable, >= 1.80) with rustup: https://rustup.rs"
+    die "cargo not found; install Rust (stable, >= 1.85, as Cargo.toml says) with rustup: https://rustup.rs"
 }

@@ -608,3 +608,29 @@ fn doctor_reports_kernel_support_and_parents() {
     assert!(text.contains("parent is down"), "{text}");
     assert!(text.contains("parent does not exist"), "{text}");
 }
+
+#[test]
+fn netns_may_be_given_by_name_as_ip_netns_does() {
+    if common::skip_unless_root() {
+        return;
+    }
+    let lan = FakeLan::new();
+    lan.create_network("lan", &[]);
+    let c = lan.container_ns("byname");
+    assert_eq!(c.path_str(), format!("/run/netns/{}", c.name));
+    // Without --id the owner is the netns path, the same for name and path.
+    lan.netattach_ok(&["attach", "--netns", &c.name, "lan"]);
+    assert_eq!(common::addrs(&c.name, "eth0").len(), 1);
+    assert!(common::ping_from(&c.name, GW4));
+    assert_eq!(leases_of(&lan, c.path_str()).len(), 1);
+    lan.netattach_ok(&["detach", "--netns", &c.name]);
+    assert!(leases_of(&lan, c.path_str()).is_empty());
+    assert_bare(&c);
+    let out = lan.netattach(&["attach", "--netns", "..", "--id", "n2", "lan"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("is not a namespace name"),
+        "{}",
+        common::text(&out)
+    );
+}

@@ -10,8 +10,9 @@ use crate::engine;
 
 #[derive(Args)]
 pub struct AttachArgs {
-    /// The network namespace to attach (`/run/netns/NAME`, `/proc/PID/ns/net`).
-    #[arg(long)]
+    /// The network namespace to attach: a path (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`) or, as `ip netns` takes it, a NAME under /run/netns.
+    #[arg(long, value_parser = netns_path)]
     netns: PathBuf,
     /// Owner id of the leases (default: the netns path).
     #[arg(long)]
@@ -38,9 +39,24 @@ pub struct DetachArgs {
     /// Owner id given to attach.
     #[arg(long, required_unless_present = "netns")]
     id: Option<String>,
-    /// The netns given to attach (found by its recorded identity when not given).
-    #[arg(long)]
+    /// The netns given to attach, a path or a NAME under /run/netns (found
+    /// by its recorded identity when not given).
+    #[arg(long, value_parser = netns_path)]
     netns: Option<PathBuf>,
+}
+
+/// `--netns`: a path, or a bare name under /run/netns (as `ip netns` names them).
+fn netns_path(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("empty".into());
+    }
+    if value.contains('/') {
+        return Ok(PathBuf::from(value));
+    }
+    if value == "." || value == ".." {
+        return Err(format!("{value:?} is not a namespace name"));
+    }
+    Ok(PathBuf::from("/run/netns").join(value))
 }
 
 pub fn run_attach(ctx: &Context, args: AttachArgs) -> Result<()> {
