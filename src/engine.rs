@@ -555,6 +555,8 @@ fn apply(
     created: &mut Vec<u32>,
 ) -> Result<Vec<AttachedLink>> {
     let mut attached = Vec::with_capacity(plans.len());
+    // Each link's MAC as the kernel reports it, for the announcements.
+    let mut wire_macs = Vec::with_capacity(plans.len());
     let per_plan = reservation.leases.iter().zip(&reservation.macs);
     for (plan, (leases, mac)) in plans.iter().zip(per_plan) {
         let link = create_link(host, &mut inside.netlink, store, target, plan, *mac)?;
@@ -563,6 +565,7 @@ fn apply(
         configure_link(inside, plan, &link, leases)?;
         crate::timing::mark("link sysctls, addresses, name, up");
         let mac = link.mac;
+        wire_macs.push(mac);
         attached.push(AttachedLink {
             network: plan.network.name.clone(),
             ifname: plan.ifname.clone(),
@@ -582,19 +585,6 @@ fn apply(
         )?;
     }
     crate::timing::mark("default routes");
-    // The LAN learns the new addresses at once, from a process of its own
-    // (see src/announce.rs): the container's start does not wait for it.
-    for ((plan, leases), attached_link) in plans.iter().zip(&reservation.leases).zip(&attached) {
-        let count = plan.network.announce();
-        let Ok(mac) = attached_link.mac.parse::<crate::request::MacAddr>() else {
-            continue;
-        };
-        let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
-        let inode = crate::announce::netns_inode(target.raw_fd())?;
-        crate::announce::spawn(target.path(), inode, &plan.ifname, mac.0, &addresses, count)
-            .with_context(|| format!("network {}: start the announcements", plan.network.name))?;
-    }
-    crate::timing::mark("announced");
     // The host's routes to the new addresses through the networks' host
     // links (only networks with host addresses), all or none.
     let mut routed: Vec<(&Network, Vec<IpAddr>)> = Vec::new();
@@ -611,6 +601,28 @@ fn apply(
         }
         routed.push((&plan.network, addresses));
     }
+    // Last, once nothing can roll the attach back: the LAN learns the new
+    // addresses at once, from a process of its own (see src/announce.rs);
+    // the container's start does not wait for it.
+    let inode = crate::announce::netns_inode(target.raw_fd())?;
+    for ((plan, leases), mac) in plans.iter().zip(&reservation.leases).zip(&wire_macs) {
+        let Some(mac) = mac else {
+            continue;
+        };
+        let addresses: Vec<IpAddr> = leases.iter().map(|l| l.address).collect();
+        let count = plan.network.announce();
+        if let Err(e) =
+            crate::announce::spawn(target.path(), inode, &plan.ifname, *mac, &addresses, count)
+        {
+            for (net, addresses) in &routed {
+                let _ = crate::hostlink::remove_routes(host, net, addresses);
+            }
+            return Err(e).with_context(|| {
+                format!("network {}: start the announcements", plan.network.name)
+            });
+        }
+    }
+    crate::timing::mark("announced");
     Ok(attached)
 }
 

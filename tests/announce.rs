@@ -9,7 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{FakeLan, GW4, GW6, SUBNET4, SUBNET6};
+use common::{FakeLan, GW4, SUBNET4};
 use serde_json::Value;
 
 /// Captures ARP and ICMPv6 neighbour advertisements arriving on `gw0` of
@@ -70,19 +70,7 @@ fn new_addresses_are_announced_at_once_and_twice_more() {
         return;
     }
     let lan = FakeLan::new();
-    lan.create_network(
-        "lan",
-        &[
-            "--subnet",
-            SUBNET4,
-            "--gateway",
-            GW4,
-            "--subnet",
-            SUBNET6,
-            "--gateway",
-            GW6,
-        ],
-    );
+    lan.create_dual_stack("lan", &[]);
     let capture = start_capture(&lan, 3.5);
     let c = lan.container_ns("1");
     let mac = "02:00:c0:a8:20:0a";

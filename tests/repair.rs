@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{FakeLan, GW4, GW6, SUBNET4, SUBNET6};
+use common::{FakeLan, GW4, GW6};
 
 #[test]
 fn live_containers_get_their_links_back_with_their_addresses() {
@@ -13,19 +13,7 @@ fn live_containers_get_their_links_back_with_their_addresses() {
         return;
     }
     let lan = FakeLan::new();
-    lan.create_network(
-        "lan",
-        &[
-            "--subnet",
-            SUBNET4,
-            "--gateway",
-            GW4,
-            "--subnet",
-            SUBNET6,
-            "--gateway",
-            GW6,
-        ],
-    );
+    lan.create_dual_stack("lan", &[]);
     let a = lan.container_ns("a");
     let b = lan.container_ns("b");
     let gone = lan.container_ns("gone");

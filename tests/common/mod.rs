@@ -320,6 +320,31 @@ impl FakeLan {
         self.create_network_on("macvlan", &self.parent, name, extra)
     }
 
+    /// `create_network` with the fake LAN's IPv4 and IPv6 subnets and gateways.
+    pub fn create_dual_stack(&self, name: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "--subnet",
+            SUBNET4,
+            "--gateway",
+            GW4,
+            "--subnet",
+            SUBNET6,
+            "--gateway",
+            GW6,
+        ];
+        args.extend_from_slice(extra);
+        self.create_network(name, &args)
+    }
+
+    /// `network create ARGS...`, which must be refused: its stderr.
+    pub fn create_refused(&self, args: &[&str]) -> String {
+        let mut all = vec!["network", "create"];
+        all.extend_from_slice(args);
+        let out = self.netattach(&all);
+        assert!(!out.status.success(), "accepted: {}", text(&out));
+        stderr(&out)
+    }
+
     /// `network create -d DRIVER -o parent=PARENT [extra] NAME`, with the
     /// fake LAN's IPv4 subnet and gateway unless `extra` has a `--subnet`.
     pub fn create_network_on(
