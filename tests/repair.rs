@@ -86,6 +86,15 @@ fn live_containers_get_their_links_back_with_their_addresses() {
             common::default_gateway(&ns.name, false).as_deref(),
             Some(GW4)
         );
+        // One owner on the wire: its IPv4 address answers ARP from the
+        // gateway's netns with this link's MAC only.
+        let v4 = after.0.iter().find(|a| a.contains('.')).unwrap();
+        let v4 = v4.split('/').next().unwrap();
+        let mac = after.1.as_str().unwrap().to_string();
+        assert_eq!(
+            common::arp_answerers(&lan, v4),
+            std::collections::BTreeSet::from([mac])
+        );
     }
     assert_eq!(lan.netattach_ok(&["repair"]).trim(), "nothing to repair");
     lan.netattach_ok(&["doctor"]);
