@@ -592,7 +592,11 @@ fn gc_timer(sh: &Shared) {
 
 /// The cause a refusal names, from its one line; `None` if it names none we know.
 fn cause_of(line: &str, requested: &[&str], config_dir: &str) -> Option<&'static str> {
-    if line.contains("waiting for the lease store's write lock") {
+    // The queue's flock, or SQLite's own lock on the database and its WAL
+    // index (a hook stopped inside a transaction holds both).
+    if line.contains("waiting for the lease store's write lock")
+        || line.contains("waiting for the lease database")
+    {
         return Some(if line.contains(", stopped") {
             "write lock held by a stopped hook"
         } else {
