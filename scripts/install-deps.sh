@@ -27,6 +27,7 @@ packages=(
     cpio               # the VM's initramfs
     kmod               # depmod/modprobe to order the VM kernel's modules
     python3            # benchmarks; a foreign SQLite writer in the fault tests
+    dnsmasq-base       # a real DHCP server in the fake LAN for --ipam dhcp (tests/dhcp.rs)
     etcd-server        # etcd 3.4: tests/etcd_client.rs starts its own on free ports (the packaged service is not used)
 )
 

@@ -67,6 +67,9 @@ pub enum IpamMode {
     Pool,
     /// Only addresses named by the request.
     Static,
+    /// IPv4 from the LAN's own DHCP server, through the container's link
+    /// (src/dhcp/); subnets, if given, only bound what the server may give.
+    Dhcp,
 }
 
 /// A subnet's gateway as written: an address, or `"none"` for a LAN without a
@@ -487,6 +490,9 @@ impl Network {
                 "ipam pool needs at least one subnet (or set ipam to static)",
             ));
         }
+        if self.ipam == IpamMode::Dhcp {
+            self.validate_dhcp()?;
+        }
         self.validate_request_policy()?;
         if let Some(shared) = &self.shared {
             self.validate_shared(shared)?;
@@ -607,6 +613,46 @@ impl Network {
             {
                 return Err(invalid(field, "at most one address per family"));
             }
+        }
+        Ok(())
+    }
+
+    /// A DHCP network asks the LAN's server for one IPv4 address per link:
+    /// it needs broadcasts to reach the server (not ipvlan l3/l3s), and
+    /// nothing netattach would have to know before the server answers.
+    fn validate_dhcp(&self) -> Result<(), InvalidNetwork> {
+        if matches!(self.mode(), Mode::L3 | Mode::L3s) {
+            return Err(invalid(
+                "ipam",
+                "dhcp needs broadcasts, which ipvlan l3 and l3s do not pass (use mode l2)",
+            ));
+        }
+        if let Some(s) = self.subnets.iter().find(|s| s.subnet.addr().is_ipv6()) {
+            return Err(invalid(
+                "subnets",
+                format!("ipam dhcp is IPv4 only; {} is IPv6", s.subnet),
+            ));
+        }
+        if let Some(s) = self.subnets.iter().find(|s| s.ip_range.is_some()) {
+            return Err(invalid(
+                "ip_range",
+                format!(
+                    "the DHCP server chooses addresses; drop the ip range of {}",
+                    s.subnet
+                ),
+            ));
+        }
+        let refused = [
+            ("shared", self.shared.is_some()),
+            ("host_address", !self.host_addresses.is_empty()),
+            ("sticky_ips", self.sticky_ips),
+            ("mac_policy=ipv4", self.mac_policy == Some(MacPolicy::Ipv4)),
+        ];
+        if let Some((what, _)) = refused.iter().find(|(_, on)| *on) {
+            return Err(invalid(
+                "ipam",
+                format!("dhcp cannot be combined with {what}"),
+            ));
         }
         Ok(())
     }

@@ -253,12 +253,14 @@ fn attach_defined(
     }
     crate::timing::mark("planned");
     let fresh = plans.len();
+    let mut netns_identity = String::new();
     let mut reservation = if plans.is_empty() {
         Reservation::default()
     } else {
         let claims: Vec<_> = plans.iter().map(LinkPlan::claim).collect();
         let identity =
             identity::for_attach(target, &mut inside.netlink, store.deadline())?.to_string();
+        netns_identity.clone_from(&identity);
         // The parent-sharing rules, addresses and MACs are settled in one
         // transaction; an owner in the way is first checked for being alive.
         let mut namespaces = Namespaces::new();
@@ -296,6 +298,12 @@ fn attach_defined(
     }
 
     let mut created = Vec::new();
+    let mut dhcp = DhcpAsk {
+        owner,
+        identity: stable_identity,
+        netns: netns_identity,
+        acquired: Vec::new(),
+    };
     let result = apply(
         &mut host,
         &mut inside,
@@ -304,6 +312,7 @@ fn attach_defined(
         &plans,
         &reservation,
         &mut created,
+        &mut dhcp,
     );
     match result {
         Ok(mut attached) => {
@@ -312,6 +321,11 @@ fn attach_defined(
         }
         Err(err) => {
             let mut problems = Vec::new();
+            for network in &dhcp.acquired {
+                if let Err(e) = dhcp_agent(store).release(owner, network) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
             for index in created {
                 if let Err(e) = inside.netlink.delete_link(index) {
                     problems.push(e.to_string());
@@ -369,6 +383,7 @@ pub fn release(
     hint: Option<&Path>,
 ) -> Result<Vec<Lease>> {
     let attachments = store.attachments_of(owner)?;
+    release_dhcp_leases(store, &attachments);
     let mut namespaces = Namespaces::new().with_hint(hint);
     let mut kept = Vec::new();
     let mut freeable = Vec::new();
@@ -399,6 +414,25 @@ pub fn release(
         },
         kept.join("; ")
     )
+}
+
+/// Tells the DHCP server it may have back the leases among `attachments`
+/// (those with a persisted DHCP lease), while their links may still be up
+/// to send from. A release that cannot be sent does not keep the address
+/// in the store: the link is going, and the server's lease runs out.
+pub fn release_dhcp_leases(store: &dyn LeaseStore, attachments: &[Attachment]) {
+    let Some(dir) = store.state_dir() else {
+        return;
+    };
+    let leases = crate::dhcp::lease_dir(&dir);
+    for a in attachments {
+        if !crate::dhcp::record::path_of(&leases, &a.owner, &a.network).exists() {
+            continue;
+        }
+        if let Err(e) = crate::dhcp::agent(&dir).release(&a.owner, &a.network) {
+            eprintln!("netattach: warning: {e:#}");
+        }
+    }
 }
 
 /// Frees one address. If its owner's interface is still up in a live netns,
@@ -543,8 +577,94 @@ fn temporary_name_pid(name: &str) -> Option<u32> {
     u32::from_str_radix(pid, 16).ok()
 }
 
+/// Who a DHCP lease is for, and the networks whose lease this attach
+/// acquired (released again if the attach rolls back).
+struct DhcpAsk<'a> {
+    owner: &'a str,
+    identity: Option<&'a str>,
+    netns: String,
+    acquired: Vec<String>,
+}
+
+/// How long an attach waits for a DHCP server's lease. A server that checks
+/// an address is free before offering it (dnsmasq pings for up to 3 s)
+/// must fit in.
+const DHCP_WAIT: Duration = Duration::from_secs(5);
+
+fn dhcp_agent(store: &dyn LeaseStore) -> Box<dyn crate::dhcp::Agent> {
+    let dir = store
+        .state_dir()
+        .unwrap_or_else(|| crate::cli::DEFAULT_STATE_DIR.into());
+    crate::dhcp::agent(&dir)
+}
+
+/// Asks the DHCP agent for a lease through the link just made (up, no
+/// address yet), records the address in the store like any other (unique
+/// on the segment) and puts it on the link. Returns the lease and the
+/// server's router.
+fn acquire_dhcp(
+    inside: &mut Netlink,
+    store: &dyn LeaseStore,
+    target: &Netns,
+    plan: &LinkPlan,
+    link: &Link,
+    ask: &mut DhcpAsk<'_>,
+) -> Result<(Lease, Option<std::net::Ipv4Addr>)> {
+    let net = &plan.network;
+    let mac = link
+        .mac
+        .ok_or_else(|| anyhow!("network {}: the new link has no MAC", net.name))?;
+    let identity = ask.identity.unwrap_or(ask.owner);
+    let request = crate::dhcp::Acquire {
+        owner: ask.owner.to_string(),
+        network: net.name.clone(),
+        parent: net.parent.clone(),
+        netns_path: target.path().to_path_buf(),
+        netns: ask.netns.clone(),
+        ifname: plan.ifname.clone(),
+        mac,
+        identity: identity.to_string(),
+        // A pod's name (namespace/name), else nothing: a container id is no
+        // name anyone would look for in a server's lease list.
+        hostname: ask
+            .identity
+            .map(|i| i.rsplit('/').next().unwrap_or(i).to_string()),
+        wait_ms: DHCP_WAIT.as_millis() as u64,
+    };
+    let granted = dhcp_agent(store).acquire(&request)?;
+    ask.acquired.push(net.name.clone());
+    let address = IpAddr::V4(granted.address);
+    if !net.subnets.is_empty() && net.subnet_of(address).is_none() {
+        bail!(
+            "network {}: the DHCP server {} offered {address}, outside the network's subnets",
+            net.name,
+            granted.server
+        );
+    }
+    let mut namespaces = Namespaces::new();
+    let lease = store
+        .record_lease(
+            ask.owner,
+            &net.name,
+            address,
+            granted.prefix_len,
+            &mut |a| namespaces.is_alive(a),
+        )
+        .with_context(|| {
+            format!(
+                "network {}: the DHCP server {} offered {address}",
+                net.name, granted.server
+            )
+        })?;
+    inside
+        .add_address(link.index, address, granted.prefix_len)
+        .with_context(|| format!("network {}", net.name))?;
+    Ok((lease, granted.router))
+}
+
 /// Creates and configures every planned link; `created` collects the ifindexes
 /// (inside the netns) of links made so far, for rollback.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     host: &mut Netlink,
     inside: &mut Inside<'_>,
@@ -553,17 +673,37 @@ fn apply(
     plans: &[LinkPlan],
     reservation: &Reservation,
     created: &mut Vec<u32>,
+    dhcp: &mut DhcpAsk<'_>,
 ) -> Result<Vec<AttachedLink>> {
     let mut attached = Vec::with_capacity(plans.len());
     // Each link's MAC as the kernel reports it, for the announcements.
     let mut wire_macs = Vec::with_capacity(plans.len());
-    let per_plan = reservation.leases.iter().zip(&reservation.macs);
-    for (plan, (leases, mac)) in plans.iter().zip(per_plan) {
+    // The reservation's leases, with the DHCP servers' added as they come.
+    let mut all_leases = reservation.leases.clone();
+    let mut default_routes: Vec<Vec<plan::DefaultRoute>> =
+        plans.iter().map(|p| p.default_routes.clone()).collect();
+    let per_plan = all_leases.iter_mut().zip(&reservation.macs);
+    for (i, (plan, (leases, mac))) in plans.iter().zip(per_plan).enumerate() {
         let link = create_link(host, &mut inside.netlink, store, target, plan, *mac)?;
         crate::timing::mark("link created");
         created.push(link.index);
         configure_link(inside, plan, &link, leases)?;
         crate::timing::mark("link sysctls, addresses, name, up");
+        if plan.network.ipam == crate::config::IpamMode::Dhcp && leases.is_empty() {
+            let (lease, router) =
+                acquire_dhcp(&mut inside.netlink, store, target, plan, &link, dhcp)?;
+            leases.push(lease);
+            // The placeholder route of a DHCP network goes through the
+            // server's router, or nowhere without one.
+            default_routes[i] = match router {
+                Some(r) if !default_routes[i].is_empty() => vec![plan::DefaultRoute {
+                    family: crate::netlink::route::Family::V4,
+                    gateway: Some(IpAddr::V4(r)),
+                }],
+                _ => Vec::new(),
+            };
+            crate::timing::mark("DHCP lease");
+        }
         let mac = link.mac;
         wire_macs.push(mac);
         attached.push(AttachedLink {
@@ -576,19 +716,14 @@ fn apply(
     }
     crate::timing::mark("links done");
     // Routes after every link is up: a gateway is only reachable through an up link.
-    for (plan, &index) in plans.iter().zip(created.iter()) {
-        add_missing_default_routes(
-            &mut inside.netlink,
-            index,
-            &plan.default_routes,
-            &plan.network.name,
-        )?;
+    for ((plan, &index), routes) in plans.iter().zip(created.iter()).zip(&default_routes) {
+        add_missing_default_routes(&mut inside.netlink, index, routes, &plan.network.name)?;
     }
     crate::timing::mark("default routes");
     // The host's routes to the new addresses through the networks' host
     // links (only networks with host addresses), all or none.
     let mut routed: Vec<(&Network, Vec<IpAddr>)> = Vec::new();
-    for (plan, leases) in plans.iter().zip(&reservation.leases) {
+    for (plan, leases) in plans.iter().zip(&all_leases) {
         if plan.network.host_addresses.is_empty() {
             continue;
         }
@@ -605,7 +740,7 @@ fn apply(
     // addresses at once, from a process of its own (see src/announce.rs);
     // the container's start does not wait for it.
     let inode = crate::announce::netns_inode(target.raw_fd())?;
-    for ((plan, leases), mac) in plans.iter().zip(&reservation.leases).zip(&wire_macs) {
+    for ((plan, leases), mac) in plans.iter().zip(&all_leases).zip(&wire_macs) {
         let Some(mac) = mac else {
             continue;
         };

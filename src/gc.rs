@@ -34,6 +34,7 @@ pub fn collect(store: &dyn LeaseStore) -> anyhow::Result<Vec<Freed>> {
         if namespaces.find(&a.netns) != Found::Gone {
             continue;
         }
+        crate::engine::release_dhcp_leases(store, std::slice::from_ref(&a));
         let leases = store.release_networks(&a.owner, std::slice::from_ref(&a.network))?;
         freed.push(Freed {
             owner: a.owner,

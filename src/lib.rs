@@ -11,6 +11,7 @@ pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod dhcp;
 pub mod doctor;
 pub mod engine;
 pub mod etcd;

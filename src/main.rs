@@ -50,6 +50,8 @@ enum Command {
     Doctor(cli::doctor::DoctorArgs),
     /// NRI plugin for containerd and CRI-O: attach pods' networks.
     Nri(cli::nri::NriArgs),
+    /// The resident DHCP client that hooks ask for `ipam dhcp` leases.
+    Dhcp(cli::dhcp::DhcpArgs),
 }
 
 /// `netattach hook [attach|release]` without options, as every container
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Repair(args) => cli::repair::run(&ctx, args),
         Command::Doctor(args) => cli::doctor::run(&ctx, args),
         Command::Nri(args) => cli::nri::run(&ctx, args),
+        Command::Dhcp(args) => cli::dhcp::run(&ctx, args),
     };
     netattach::timing::mark("done");
     match result {

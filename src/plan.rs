@@ -214,9 +214,12 @@ fn default_route_network(
         }
         return Ok(Some(i));
     }
-    Ok(networks
-        .iter()
-        .position(|n| !n.internal && (is_l3(n) || n.subnets.iter().any(|s| s.gateway().is_some()))))
+    Ok(networks.iter().position(|n| {
+        !n.internal
+            && (is_l3(n)
+                || n.ipam == IpamMode::Dhcp
+                || n.subnets.iter().any(|s| s.gateway().is_some()))
+    }))
 }
 
 fn is_l3(net: &Network) -> bool {
@@ -229,6 +232,19 @@ fn is_l3(net: &Network) -> bool {
 
 /// Default routes of the chosen network: at most one per family.
 fn default_routes(req: &NetworkRequest, net: &Network) -> Result<Vec<DefaultRoute>, PlanError> {
+    if net.ipam == IpamMode::Dhcp {
+        if req.default_route.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(refuse(format!(
+                "network {}: the DHCP server names the router; default-route takes no address here",
+                net.name
+            )));
+        }
+        // Through the router the server names (the engine fills it in), if any.
+        return Ok(vec![DefaultRoute {
+            family: Family::V4,
+            gateway: None,
+        }]);
+    }
     let gateways: Vec<IpAddr> = net.subnets.iter().filter_map(|s| s.gateway()).collect();
     let chosen: Vec<IpAddr> = match req.default_route.as_deref() {
         Some(list) if !list.is_empty() => {
@@ -313,6 +329,16 @@ fn wanted_addresses(
     reserved: &[(IpAddr, String)],
     trusted: bool,
 ) -> Result<Vec<Want>, PlanError> {
+    if net.ipam == IpamMode::Dhcp {
+        // The server chooses; the engine asks it once the link exists.
+        if let Some(ip) = req.ips.first() {
+            return Err(refuse(format!(
+                "network {} takes its address from the LAN's DHCP server: {ip} cannot be requested",
+                net.name
+            )));
+        }
+        return Ok(Vec::new());
+    }
     if !trusted && req.ips.len() > net.requests.max_ips {
         return Err(refuse(format!(
             "network {}: the request names {} addresses; at most {} are allowed (request_max_ips)",

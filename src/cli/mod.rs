@@ -2,6 +2,7 @@
 //! of the core and print the outcome; no logic of their own beyond that.
 
 pub mod attach;
+pub mod dhcp;
 pub mod doctor;
 pub mod gc;
 pub mod hook;

@@ -49,6 +49,8 @@ pub fn run(ctx: &Context, args: NriArgs) -> Result<()> {
         }
         None => log::to_stderr(),
     }
+    // The plugin owns its pods' DHCP leases itself (src/dhcp/).
+    crate::dhcp::run_in_process(crate::dhcp::service::Service::start(&ctx.state_dir));
     run::run(Options {
         transport,
         identity,

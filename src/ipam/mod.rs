@@ -210,6 +210,24 @@ pub trait LeaseStore {
         alive: Liveness<'_>,
     ) -> Result<Reservation, IpamError>;
 
+    /// Records `address`, which a DHCP server gave the owner's attachment to
+    /// `network`, as its lease: unique on the segment like any other (an
+    /// owner in the way is first asked about with `alive`). Fails if the
+    /// owner is not attached to `network`.
+    fn record_lease(
+        &self,
+        owner: &str,
+        network: &str,
+        address: IpAddr,
+        prefix_len: u8,
+        alive: Liveness<'_>,
+    ) -> Result<Lease, IpamError>;
+
+    /// The state directory this store keeps its files in, if it has one.
+    fn state_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The owner's attachments.
     fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError>;
 

@@ -1289,6 +1289,52 @@ impl LeaseStore for SqliteStore {
         })
     }
 
+    fn state_dir(&self) -> Option<PathBuf> {
+        self.path.parent().map(Path::to_path_buf)
+    }
+
+    fn record_lease(
+        &self,
+        owner: &str,
+        network: &str,
+        address: IpAddr,
+        prefix_len: u8,
+        alive: Liveness<'_>,
+    ) -> Result<Lease, IpamError> {
+        let (mut conn, _queue) = self.writer(Commit::ProcessCrash)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let Some(a) =
+            attachments_where(&tx, "owner = ?1 AND network = ?2", params![owner, network])?.pop()
+        else {
+            return Err(IpamError::Store(format!(
+                "{owner} is not attached to network {network}"
+            )));
+        };
+        let mut r = Reserving {
+            tx: &tx,
+            owner,
+            alive,
+            dropped: Vec::new(),
+        };
+        r.check_address_free(&a.segment, address)?;
+        let lease = Lease {
+            network: network.to_string(),
+            segment: a.segment.clone(),
+            address,
+            prefix_len,
+            owner: owner.to_string(),
+            ifname: a.ifname.clone(),
+            netns: a.netns.clone(),
+            mac: a.mac,
+            created: now(),
+        };
+        insert_lease(&tx, &lease)?;
+        tx.commit().map_err(db)?;
+        Ok(lease)
+    }
+
     fn attachments_of(&self, owner: &str) -> Result<Vec<Attachment>, IpamError> {
         attachments_where(&self.conn(), "owner = ?1", [owner])
     }

@@ -299,6 +299,22 @@ impl LeaseStore for Store {
         Ok(freed)
     }
 
+    fn state_dir(&self) -> Option<std::path::PathBuf> {
+        self.local.state_dir()
+    }
+
+    fn record_lease(
+        &self,
+        owner: &str,
+        network: &str,
+        address: IpAddr,
+        prefix_len: u8,
+        alive: Liveness<'_>,
+    ) -> Result<Lease, IpamError> {
+        self.local
+            .record_lease(owner, network, address, prefix_len, alive)
+    }
+
     fn release_address(&self, network: &str, address: IpAddr) -> Result<Option<Lease>, IpamError> {
         let freed = self.local.release_address(network, address)?;
         self.return_emptied();

@@ -43,6 +43,31 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Adds one address to link `index` (see [`add_address_request`]).
+    pub fn add_address(&mut self, index: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+        let r = add_address_request(index, address, prefix_len);
+        self.request(&r.op, r.msg, r.flags)
+    }
+
+    /// Removes one address from link `index`.
+    pub fn delete_address(&mut self, index: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = prefix_len;
+        msg.header.family = match address {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.attributes.push(AddressAttribute::Address(address));
+        self.request(
+            &format!("delete address {address}/{prefix_len}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        )
+    }
+}
+
 /// The request that adds `address/prefix_len` to link `index`. IPv6 addresses
 /// skip duplicate address detection (`IFA_F_NODAD`): the lease store already
 /// guarantees uniqueness, and DAD would hold the address tentative for 1-2 s.
