@@ -297,7 +297,19 @@ pub struct Network {
     /// it is free (the identity as for `mac_policy=stable`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sticky_ips: bool,
+    /// ipam dhcp: how long an attach waits for the server's lease, in
+    /// seconds; `None`: [`DHCP_TIMEOUT_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_timeout: Option<u32>,
 }
+
+/// How long an attach waits for a DHCP lease by default. A server that
+/// checks an address is free before offering it (dnsmasq pings it for up
+/// to 3 s) must fit in.
+pub const DHCP_TIMEOUT_S: u32 = 5;
+
+/// The longest a DHCP network may make a container's start wait.
+pub const DHCP_TIMEOUT_MAX_S: u32 = 120;
 
 /// How a shared network reaches etcd, and how it is cut into blocks. The
 /// endpoints are this host's; `hold` and `block_prefix` come from the
@@ -405,6 +417,11 @@ impl Network {
         })
     }
 
+    /// How long an attach waits for a DHCP lease.
+    pub fn dhcp_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.dhcp_timeout.unwrap_or(DHCP_TIMEOUT_S).into())
+    }
+
     /// How many times a new link's addresses are announced.
     pub fn announce(&self) -> u32 {
         self.announce.unwrap_or(crate::announce::DEFAULT_COUNT)
@@ -492,6 +509,8 @@ impl Network {
         }
         if self.ipam == IpamMode::Dhcp {
             self.validate_dhcp()?;
+        } else if self.dhcp_timeout.is_some() {
+            return Err(invalid("dhcp_timeout", "only for ipam dhcp"));
         }
         self.validate_request_policy()?;
         if let Some(shared) = &self.shared {
@@ -640,6 +659,15 @@ impl Network {
                     "the DHCP server chooses addresses; drop the ip range of {}",
                     s.subnet
                 ),
+            ));
+        }
+        if self
+            .dhcp_timeout
+            .is_some_and(|t| t == 0 || t > DHCP_TIMEOUT_MAX_S)
+        {
+            return Err(invalid(
+                "dhcp_timeout",
+                format!("must be 1 to {DHCP_TIMEOUT_MAX_S} s"),
             ));
         }
         let refused = [
@@ -1191,6 +1219,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            dhcp_timeout: None,
             mac_policy: None,
             sticky_ips: false,
             name: "lan".into(),
@@ -1212,6 +1241,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            dhcp_timeout: None,
             mac_policy: None,
             sticky_ips: false,
             name: "iv".into(),

@@ -586,11 +586,6 @@ struct DhcpAsk<'a> {
     acquired: Vec<String>,
 }
 
-/// How long an attach waits for a DHCP server's lease. A server that checks
-/// an address is free before offering it (dnsmasq pings for up to 3 s)
-/// must fit in.
-const DHCP_WAIT: Duration = Duration::from_secs(5);
-
 fn dhcp_agent(store: &dyn LeaseStore) -> Box<dyn crate::dhcp::Agent> {
     let dir = store
         .state_dir()
@@ -629,9 +624,14 @@ fn acquire_dhcp(
         hostname: ask
             .identity
             .map(|i| i.rsplit('/').next().unwrap_or(i).to_string()),
-        wait_ms: DHCP_WAIT.as_millis() as u64,
+        wait_ms: net.dhcp_timeout().as_millis() as u64,
     };
-    let granted = dhcp_agent(store).acquire(&request)?;
+    let asked = Instant::now();
+    let granted = dhcp_agent(store).acquire(&request);
+    // The server's answer had its own bound (dhcp_timeout, which the
+    // runtime's hook timeout must leave room for; README).
+    store.postpone_deadline(asked.elapsed());
+    let granted = granted?;
     ask.acquired.push(net.name.clone());
     let address = IpAddr::V4(granted.address);
     if !net.subnets.is_empty() && net.subnet_of(address).is_none() {

@@ -78,13 +78,15 @@ pub struct CreateArgs {
     /// Accepted for docker compatibility: IPv6 follows from the subnets.
     #[arg(long, hide = true)]
     ipv6: bool,
-    /// pool (addresses handed out) or static (only requested addresses).
+    /// pool (addresses handed out), static (only requested addresses) or
+    /// dhcp (IPv4 from the LAN's DHCP server; see docs/dhcp.md).
     #[arg(long, default_value = "pool")]
     ipam: String,
     /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
     /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=,
     /// announce=N (gratuitous ARP / unsolicited NA per address, default 3),
-    /// mac_policy=random|ipv4|stable, sticky_ips=true|false;
+    /// mac_policy=random|ipv4|stable, sticky_ips=true|false,
+    /// dhcp_timeout=SECONDS (ipam dhcp: wait for a lease, default 5);
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
@@ -341,6 +343,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
     let mut host_addresses = args.host_address.clone();
     let mut macvlan_sources = Vec::new();
     let mut announce = None;
+    let mut dhcp_timeout = None;
     let mut mac_policy = None;
     let mut sticky_ips = false;
     for opt in &args.opt {
@@ -383,6 +386,11 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                 }
             }
             "mac_policy" => mac_policy = Some(parse_enum::<crate::config::MacPolicy>(key, value)?),
+            "dhcp_timeout" => {
+                dhcp_timeout = Some(value.parse().map_err(|_| {
+                    anyhow!("option dhcp_timeout: {value:?} is not a number of seconds")
+                })?)
+            }
             "announce" => {
                 announce = Some(value.parse().map_err(|_| anyhow!("option announce: {value:?} is not a number"))?)
             }
@@ -396,7 +404,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
                     .parse()
                     .map_err(|_| anyhow!("option request_max_ips: {value:?} is not a number"))?
             }
-            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, mac_policy, sticky_ips, request_ips, request_mac, request_max_ips)"),
+            _ => bail!("unknown option {key:?} (known: parent, macvlan_mode, macvlan_source, ipvlan_mode, ipvlan_flag, mtu, host_address, announce, mac_policy, dhcp_timeout, sticky_ips, request_ips, request_mac, request_max_ips)"),
         }
     }
     let parent = parent.ok_or_else(|| anyhow!("-o parent=INTERFACE is required"))?;
@@ -475,6 +483,7 @@ fn definition_from(args: CreateArgs) -> Result<Network> {
         announce,
         mac_policy,
         sticky_ips,
+        dhcp_timeout,
         name: args.name,
         driver,
         parent,

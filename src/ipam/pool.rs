@@ -131,6 +131,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            dhcp_timeout: None,
             mac_policy: None,
             sticky_ips: false,
             name: "lan".into(),

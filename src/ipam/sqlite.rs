@@ -1289,6 +1289,11 @@ impl LeaseStore for SqliteStore {
         })
     }
 
+    fn postpone_deadline(&self, by: Duration) {
+        let mut deadline = lock_ignoring_poison(&self.deadline);
+        *deadline = deadline.map(|d| d.later_by(by));
+    }
+
     fn state_dir(&self) -> Option<PathBuf> {
         self.path.parent().map(Path::to_path_buf)
     }
@@ -1542,6 +1547,7 @@ mod tests {
             host_addresses: Vec::new(),
             macvlan_sources: Vec::new(),
             announce: None,
+            dhcp_timeout: None,
             mac_policy: None,
             sticky_ips: false,
             name: name.into(),

@@ -1,0 +1,420 @@
+//! `ipam dhcp` against a real DHCP server: dnsmasq in the fake LAN's gateway
+//! netns, serving the LAN's subnet with its shortest lease (2 minutes).
+//! What is checked is what an operator would: the address and route in the
+//! container, the gateway answering, dnsmasq's own lease file (granted,
+//! renewed, released), its log (no new DISCOVER after a restart), and ARP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// dnsmasq serving DHCP on the gateway's veth, with its lease file and log
+/// in the test's folder; stopped on drop.
+struct Dnsmasq {
+    child: Child,
+    leases: PathBuf,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(lan: &FakeLan, extra: &[&str]) -> Dnsmasq {
+        let leases = lan.dir.path().join("dnsmasq.leases");
+        let log = lan.dir.path().join("dnsmasq.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", lan.ext_ns(), "dnsmasq", "--no-daemon"])
+            .args([
+                "--conf-file=/dev/null",
+                "--interface=gw0",
+                "--bind-interfaces",
+            ])
+            .args(["--port=0", "--log-dhcp"])
+            .arg("--dhcp-range=192.168.32.100,192.168.32.149,2m")
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .arg("--pid-file=")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let d = Dnsmasq { child, leases, log };
+        wait_for(Duration::from_secs(5), "dnsmasq to log its start", || {
+            d.log_text().contains("DHCP, IP range")
+        });
+        d
+    }
+
+    /// dnsmasq's lease file: (MAC, address, expiry) per line.
+    fn leases(&self) -> Vec<(String, String, u64)> {
+        std::fs::read_to_string(&self.leases)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.get(1)?.to_string(),
+                    f.get(2)?.to_string(),
+                    f.first()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    fn lease_of(&self, mac: &str) -> Option<(String, u64)> {
+        self.leases()
+            .into_iter()
+            .find(|(m, _, _)| m == mac)
+            .map(|(_, a, e)| (a, e))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many messages of `kind` (DHCPDISCOVER, DHCPREQUEST, ...) came from `mac`.
+    fn count(&self, kind: &str, mac: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(&format!("{kind}(gw0)")) && l.contains(mac))
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `netattach dhcp`, the hooks' resident client, in the host netns; stopped
+/// (SIGKILL, as a crash would) on drop or by `stop`.
+struct Service {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn start(lan: &FakeLan) -> Service {
+        let log = lan
+            .dir
+            .path()
+            .join(format!("dhcp-service-{}.log", unique_tag()));
+        let child = lan
+            .command_in_host(bin())
+            .args(["--config-dir", lan.config_dir_str()])
+            .args(["--state-dir", lan.state_dir_str(), "dhcp"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start netattach dhcp");
+        let s = Service { child, log };
+        wait_for(Duration::from_secs(5), "the dhcp service to listen", || {
+            s.log_text().contains("listening on")
+        });
+        s
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn skip() -> bool {
+    skip_unless_root() || skip_unless(have("dnsmasq"), "needs dnsmasq (dnsmasq-base)")
+}
+
+fn dhcp_lan() -> FakeLan {
+    dhcp_lan_with(&[])
+}
+
+fn dhcp_lan_with(options: &[&str]) -> FakeLan {
+    let lan = FakeLan::new();
+    let mut args = vec!["network", "create", "-d", "macvlan", "-o", "parent=lan0"];
+    args.extend(options);
+    args.extend(["--ipam", "dhcp", "lan"]);
+    lan.netattach_ok(&args);
+    lan
+}
+
+fn mac_of(ns: &str, ifname: &str) -> String {
+    link_json(ns, ifname)["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn ipv4_of(ns: &str, ifname: &str) -> Vec<String> {
+    addrs(ns, ifname)
+        .into_iter()
+        .filter(|a| !a.contains(':'))
+        .collect()
+}
+
+fn dhcp_records(lan: &FakeLan) -> Vec<String> {
+    std::fs::read_dir(lan.state_dir.join("dhcp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_container_gets_its_address_and_route_from_the_lan_and_its_stop_releases_it() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let _service = Service::start(&lan);
+    let c = lan.container_ns("a");
+    let out = hook(&lan, "attach", "ctr-a", &c, "lan");
+    assert!(out.status.success(), "attach: {}", text(&out));
+
+    let mac = mac_of(&c.name, "eth0");
+    let (leased, _) = dnsmasq
+        .lease_of(&mac)
+        .expect("dnsmasq granted a lease to the link's MAC");
+    assert_eq!(ipv4_of(&c.name, "eth0"), vec![format!("{leased}/24")]);
+    assert!(
+        leased.starts_with("192.168.32.1"),
+        "from dnsmasq's range: {leased}"
+    );
+    assert_eq!(default_gateway(&c.name, false).as_deref(), Some(GW4));
+    assert!(ping_from(&c.name, GW4), "the gateway answers");
+    assert_eq!(
+        lan.addresses_of("ctr-a"),
+        vec![leased.clone()],
+        "the lease store has it"
+    );
+    assert_eq!(
+        arp_answerers(&lan, &leased),
+        BTreeSet::from([mac.clone()]),
+        "one link answers for the address"
+    );
+
+    // The container stops: its netns goes first, as under runc.
+    let path = c.path_str().to_string();
+    drop(c);
+    let out = spawn_hook(&lan, "release", "ctr-a", &path, "lan", None)
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "release: {}", text(&out));
+    assert_eq!(
+        dnsmasq.lease_of(&mac),
+        None,
+        "dnsmasq was told (DHCPRELEASE)"
+    );
+    assert!(lan.addresses_of("ctr-a").is_empty());
+    assert!(dhcp_records(&lan).is_empty(), "{:?}", dhcp_records(&lan));
+}
+
+#[test]
+fn a_reservation_by_mac_on_the_server_is_honoured() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &["--dhcp-host=02:42:c0:a8:20:4d,192.168.32.77"]);
+    let _service = Service::start(&lan);
+    let c = lan.container_ns("r");
+    lan.netattach_ok(&[
+        "attach",
+        "--netns",
+        c.path_str(),
+        "--id",
+        "r",
+        "--mac",
+        "02:42:c0:a8:20:4d",
+        "lan",
+    ]);
+    assert_eq!(
+        ipv4_of(&c.name, "eth0"),
+        vec!["192.168.32.77/24".to_string()]
+    );
+    assert_eq!(
+        dnsmasq
+            .lease_of("02:42:c0:a8:20:4d")
+            .map(|l| l.0)
+            .as_deref(),
+        Some("192.168.32.77")
+    );
+    assert!(ping_from(&c.name, GW4));
+    // Detached while the netns lives: the release goes from the link itself.
+    lan.netattach_ok(&["detach", "--netns", c.path_str(), "--id", "r"]);
+    assert_eq!(dnsmasq.lease_of("02:42:c0:a8:20:4d"), None);
+    assert!(link_names(&c.name).iter().all(|n| n == "lo"));
+}
+
+#[test]
+fn no_server_fails_within_the_deadline_with_one_line_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let _service = Service::start(&lan);
+    let c = lan.container_ns("n");
+    let started = Instant::now();
+    let out = hook(&lan, "attach", "ctr-n", &c, "lan");
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("network lan: no DHCP offer after 5 s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        link_names(&c.name).iter().all(|n| n == "lo"),
+        "{:?}",
+        link_names(&c.name)
+    );
+    assert!(lan.leases_json().as_array().unwrap().is_empty());
+    assert!(dhcp_records(&lan).is_empty());
+}
+
+#[test]
+fn without_the_service_the_hook_says_so_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let _dnsmasq = Dnsmasq::start(&lan, &[]);
+    let c = lan.container_ns("s");
+    let out = hook(&lan, "attach", "ctr-s", &c, "lan");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("network lan uses DHCP but the netattach dhcp service is not running"),
+        "{err}"
+    );
+    assert!(link_names(&c.name).iter().all(|n| n == "lo"));
+    assert!(lan.leases_json().as_array().unwrap().is_empty());
+}
+
+#[test]
+fn sixteen_containers_at_once_get_sixteen_distinct_leases() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan_with(&["-o", "dhcp_timeout=60"]);
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let _service = Service::start(&lan);
+    let started = Instant::now();
+    let namespaces: Vec<Netns> = (0..16)
+        .map(|i| lan.container_ns(&format!("m{i}")))
+        .collect();
+    let hooks: Vec<_> = namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| spawn_hook(&lan, "attach", &format!("m{i}"), ns.path_str(), "lan", None))
+        .collect();
+    for h in hooks {
+        let out = h.wait_with_output().unwrap();
+        assert!(out.status.success(), "attach: {}", text(&out));
+    }
+    let mut seen = BTreeSet::new();
+    for ns in &namespaces {
+        let mac = mac_of(&ns.name, "eth0");
+        let (leased, _) = dnsmasq.lease_of(&mac).expect("a lease per MAC");
+        assert_eq!(ipv4_of(&ns.name, "eth0"), vec![format!("{leased}/24")]);
+        assert!(seen.insert(leased.clone()), "{leased} given twice");
+    }
+    assert_eq!(seen.len(), 16);
+    eprintln!("16 at once took {:?}", started.elapsed());
+    assert_eq!(dnsmasq.leases().len(), 16);
+    for addr in seen.iter().take(4) {
+        assert_eq!(arp_answerers(&lan, addr).len(), 1, "{addr}");
+    }
+}
+
+/// The lease outlives the service: a restart takes it up, and at T1 (a
+/// minute into dnsmasq's 2-minute lease) it is renewed by unicast REQUEST,
+/// with no new DISCOVER, keeping the same address.
+#[test]
+fn a_lease_is_renewed_after_a_restart_of_the_service_without_a_new_discover() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let service = Service::start(&lan);
+    let c = lan.container_ns("k");
+    let out = hook(&lan, "attach", "ctr-k", &c, "lan");
+    assert!(out.status.success(), "attach: {}", text(&out));
+    let mac = mac_of(&c.name, "eth0");
+    let (leased, first_expiry) = dnsmasq.lease_of(&mac).unwrap();
+    let discovers = dnsmasq.count("DHCPDISCOVER", &mac);
+    let requests = dnsmasq.count("DHCPREQUEST", &mac);
+    assert!(discovers >= 1 && requests >= 1);
+
+    let log = service.stop();
+    assert!(log.contains(&format!("bound {leased}")), "{log}");
+    let service = Service::start(&lan);
+    assert!(
+        service
+            .log_text()
+            .contains(&format!("took up the lease of {leased} on ctr-k")),
+        "{}",
+        service.log_text()
+    );
+    // T1 is 60 s after the bind; give it 20 s more.
+    wait_for(
+        Duration::from_secs(85),
+        "the renewal in dnsmasq's lease file",
+        || {
+            dnsmasq
+                .lease_of(&mac)
+                .is_some_and(|(_, e)| e > first_expiry)
+        },
+    );
+    assert_eq!(
+        dnsmasq.lease_of(&mac).unwrap().0,
+        leased,
+        "the same address"
+    );
+    assert_eq!(
+        dnsmasq.count("DHCPDISCOVER", &mac),
+        discovers,
+        "no new DISCOVER"
+    );
+    assert!(dnsmasq.count("DHCPREQUEST", &mac) > requests);
+    assert!(
+        service.log_text().contains(&format!("renewed {leased}")),
+        "{}",
+        service.log_text()
+    );
+    assert_eq!(ipv4_of(&c.name, "eth0"), vec![format!("{leased}/24")]);
+    assert!(ping_from(&c.name, GW4));
+}
