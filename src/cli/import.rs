@@ -58,8 +58,8 @@ const PASSED_OPTIONS: &[&str] = &[
     "ipvlan_flag",
     "com.docker.network.driver.mtu",
 ];
-/// Docker 27+ records `--ipv4` / `--ipv6` among the options too; netattach
-/// follows the subnets, so these are only checked against them.
+/// Recent Docker versions record `--ipv4` / `--ipv6` among the options too;
+/// netattach follows the subnets, so these are only checked against them.
 const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 
