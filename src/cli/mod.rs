@@ -8,6 +8,7 @@ pub mod gc;
 pub mod hook;
 pub mod host;
 pub mod hostlinks;
+pub mod import;
 pub mod lease;
 pub mod network;
 pub mod nri;

@@ -23,6 +23,9 @@ pub enum NetworkCommand {
     Create(CreateArgs),
     /// Add this host to a shared network defined in etcd.
     Join(JoinArgs),
+    /// Define the macvlan and ipvlan networks of `docker network inspect`
+    /// output (a file, or stdin), as `create` would.
+    Import(super::import::ImportArgs),
     /// List networks.
     #[command(alias = "list")]
     Ls {
@@ -52,36 +55,36 @@ pub enum NetworkCommand {
 pub struct CreateArgs {
     /// macvlan or ipvlan.
     #[arg(short = 'd', long = "driver", default_value = "macvlan")]
-    driver: String,
+    pub(super) driver: String,
     /// Subnet in CIDR form; repeat for several (IPv4 and IPv6 mixed).
     #[arg(long)]
-    subnet: Vec<IpNet>,
+    pub(super) subnet: Vec<IpNet>,
     /// Gateway of the subnet that contains it, or `none` for the subnet at
     /// the same position; repeatable. Without one, a subnet's first usable
     /// address is reserved as its gateway (as Docker does).
     #[arg(long)]
-    gateway: Vec<Gateway>,
+    pub(super) gateway: Vec<Gateway>,
     /// Hand out pooled addresses from this sub-range of its subnet; repeatable.
     #[arg(long = "ip-range")]
-    ip_range: Vec<IpNet>,
+    pub(super) ip_range: Vec<IpNet>,
     /// Address never handed out, as name=ip; repeatable.
     #[arg(long = "aux-address")]
-    aux_address: Vec<String>,
+    pub(super) aux_address: Vec<String>,
     /// This host's own address on the network (one per family; also `-o
     /// host_address=IP`): netattach keeps a link of the host on the parent
     /// with it, so that the host reaches its containers and they reach it.
     #[arg(long = "host-address")]
-    host_address: Vec<IpAddr>,
+    pub(super) host_address: Vec<IpAddr>,
     /// No default route through this network.
     #[arg(long)]
-    internal: bool,
+    pub(super) internal: bool,
     /// Accepted for docker compatibility: IPv6 follows from the subnets.
     #[arg(long, hide = true)]
-    ipv6: bool,
+    pub(super) ipv6: bool,
     /// pool (addresses handed out), static (only requested addresses) or
     /// dhcp (IPv4 from the LAN's DHCP server; see docs/dhcp.md).
     #[arg(long, default_value = "pool")]
-    ipam: String,
+    pub(super) ipam: String,
     /// Driver options: parent=, macvlan_mode=, macvlan_source=MAC[,MAC...]
     /// (source mode), ipvlan_mode=, ipvlan_flag=, mtu=, host_address=,
     /// announce=N (gratuitous ARP / unsolicited NA per address, default 3),
@@ -90,23 +93,23 @@ pub struct CreateArgs {
     /// request policy: request_ips=any|ip_range|none|CIDR[,CIDR...],
     /// request_mac=true|false, request_max_ips=N.
     #[arg(short = 'o', long = "opt")]
-    opt: Vec<String>,
+    pub(super) opt: Vec<String>,
     #[command(flatten)]
-    shared: SharedArgs,
+    pub(super) shared: SharedArgs,
     /// Share the network through etcd (`http://HOST:PORT`; repeatable): the
     /// definition (without the parent) goes to etcd, once.
     #[arg(long = "etcd")]
-    etcd: Vec<String>,
+    pub(super) etcd: Vec<String>,
     /// Shared networks: prefix length of the blocks hosts claim (default:
     /// each range's prefix + 4, i.e. 16 blocks).
     #[arg(long, requires = "etcd")]
-    block_prefix: Option<u8>,
+    pub(super) block_prefix: Option<u8>,
     /// Shared networks: seconds a host keeps allocating in its blocks with
     /// no heartbeat reaching etcd.
     #[arg(long, requires = "etcd")]
-    hold: Option<u64>,
+    pub(super) hold: Option<u64>,
     /// Network name.
-    name: String,
+    pub(super) name: String,
 }
 
 /// How this host is named among the hosts of a shared network.
@@ -114,7 +117,7 @@ pub struct CreateArgs {
 pub struct SharedArgs {
     /// This host's id (default: $NETATTACH_HOST_ID, else /etc/machine-id).
     #[arg(long, requires = "etcd")]
-    host_id: Option<String>,
+    pub(super) host_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -184,6 +187,7 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<()> {
             dir.create(&net)?;
             println!("{}", net.name);
         }
+        NetworkCommand::Import(args) => super::import::run(ctx, args)?,
         NetworkCommand::Ls { json } => {
             let listed = dir.list()?;
             for b in &listed.broken {
@@ -332,7 +336,7 @@ fn summary_row(n: &Network) -> Vec<String> {
 
 /// Builds a definition from the docker-style flags; the definition's own
 /// validation then names the field at fault.
-fn definition_from(args: CreateArgs) -> Result<Network> {
+pub(super) fn definition_from(args: CreateArgs) -> Result<Network> {
     let driver = parse_enum::<Driver>("driver", &args.driver)?;
     let ipam = parse_enum::<IpamMode>("ipam", &args.ipam)?;
     let mut parent = None;
