@@ -23,8 +23,12 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     fn start(lan: &FakeLan, extra: &[&str]) -> Dnsmasq {
+        Dnsmasq::start_serving(lan, "192.168.32.100,192.168.32.149", extra)
+    }
+
+    fn start_serving(lan: &FakeLan, range: &str, extra: &[&str]) -> Dnsmasq {
         let leases = lan.dir.path().join("dnsmasq.leases");
-        let log = lan.dir.path().join("dnsmasq.log");
+        let log = lan.dir.path().join(format!("dnsmasq-{}.log", unique_tag()));
         let child = Command::new("ip")
             .args(["netns", "exec", lan.ext_ns(), "dnsmasq", "--no-daemon"])
             .args([
@@ -33,7 +37,7 @@ impl Dnsmasq {
                 "--bind-interfaces",
             ])
             .args(["--port=0", "--log-dhcp"])
-            .arg("--dhcp-range=192.168.32.100,192.168.32.149,2m")
+            .arg(format!("--dhcp-range={range},2m"))
             .arg(format!("--dhcp-leasefile={}", leases.display()))
             .arg(format!("--log-facility={}", log.display()))
             .arg("--pid-file=")
@@ -216,6 +220,14 @@ fn a_container_gets_its_address_and_route_from_the_lan_and_its_stop_releases_it(
         vec![leased.clone()],
         "the lease store has it"
     );
+    let listed = lan.netattach_ok(&["lease", "ls"]);
+    assert!(
+        listed.contains(&format!("{GW4}, 1m5")) || listed.contains(&format!("{GW4}, 2m00s")),
+        "lease ls shows the server and the time left: {listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&lan.netattach_ok(&["lease", "ls", "--json"])).unwrap();
+    assert_eq!(json[0]["dhcp"]["server"], GW4);
     assert_eq!(
         arp_answerers(&lan, &leased),
         BTreeSet::from([mac.clone()]),
@@ -417,4 +429,49 @@ fn a_lease_is_renewed_after_a_restart_of_the_service_without_a_new_discover() {
     );
     assert_eq!(ipv4_of(&c.name, "eth0"), vec![format!("{leased}/24")]);
     assert!(ping_from(&c.name, GW4));
+}
+
+/// The server takes the lease back (a NAK to the renewal: its range moved):
+/// the address leaves the container's link at once, so that it is never on
+/// the wire twice once the server hands it to someone else.
+#[test]
+fn a_lease_the_server_takes_back_leaves_the_link() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let service = Service::start(&lan);
+    let c = lan.container_ns("l");
+    let out = hook(&lan, "attach", "ctr-l", &c, "lan");
+    assert!(out.status.success(), "attach: {}", text(&out));
+    let mac = mac_of(&c.name, "eth0");
+    let (leased, _) = dnsmasq.lease_of(&mac).unwrap();
+    drop(dnsmasq);
+    let moved = Dnsmasq::start_serving(
+        &lan,
+        "192.168.32.150,192.168.32.199",
+        &["--dhcp-authoritative"],
+    );
+    let start = Instant::now();
+    while !ipv4_of(&c.name, "eth0").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(85),
+            "the address stayed on the link; the service: {}; dnsmasq: {}",
+            service.log_text(),
+            moved.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        service.log_text().contains(&format!(
+            "lost the lease of {leased} on ctr-l; the address was removed"
+        )),
+        "{}",
+        service.log_text()
+    );
+    assert!(
+        arp_answerers(&lan, &leased).is_empty(),
+        "nobody answers for {leased}"
+    );
 }

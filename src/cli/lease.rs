@@ -51,22 +51,50 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
     match cmd {
         LeaseCommand::Ls { network, json } => {
             let leases = store.leases(network.as_deref())?;
+            // DHCP leases carry their server and expiry (src/dhcp/record.rs).
+            let (records, _) =
+                crate::dhcp::record::load_all(&crate::dhcp::lease_dir(&ctx.state_dir));
+            let dhcp_of = |l: &crate::ipam::Lease| {
+                records.iter().find(|r| {
+                    r.request.owner == l.owner
+                        && r.request.network == l.network
+                        && IpAddr::V4(r.address) == l.address
+                })
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&leases)?);
+                let mut out = serde_json::to_value(&leases)?;
+                for (v, l) in out.as_array_mut().into_iter().flatten().zip(&leases) {
+                    if let Some(r) = dhcp_of(l) {
+                        v["dhcp"] = serde_json::json!({ "server": r.server, "expiry": r.expiry });
+                    }
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
+                let with_dhcp = leases.iter().any(|l| dhcp_of(l).is_some());
                 let rows: Vec<Vec<String>> = leases
                     .iter()
                     .map(|l| {
-                        vec![
+                        let mut row = vec![
                             l.network.clone(),
                             format!("{}/{}", l.address, l.prefix_len),
                             l.owner.clone(),
                             l.ifname.clone(),
                             l.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
-                        ]
+                        ];
+                        if with_dhcp {
+                            row.push(match dhcp_of(l) {
+                                Some(r) => format!("{}, {}", r.server, expiry_text(r.expiry)),
+                                None => "-".into(),
+                            });
+                        }
+                        row
                     })
                     .collect();
-                print_table(&["NETWORK", "ADDRESS", "OWNER", "INTERFACE", "MAC"], &rows);
+                let mut header = vec!["NETWORK", "ADDRESS", "OWNER", "INTERFACE", "MAC"];
+                if with_dhcp {
+                    header.push("DHCP");
+                }
+                print_table(&header, &rows);
             }
         }
         LeaseCommand::Reserve { owner, ip, network } => {
@@ -134,4 +162,20 @@ pub fn run(ctx: &Context, cmd: LeaseCommand) -> Result<()> {
         LeaseCommand::Release { .. } => bail!("give --owner ID or an ADDRESS"),
     }
     Ok(())
+}
+
+/// A lease's expiry as the time left: `1m52s left`, or `expired`.
+fn expiry_text(expiry: u64) -> String {
+    let now = crate::dhcp::exchange::now().as_secs();
+    match expiry.checked_sub(now) {
+        Some(left) if left > 0 => {
+            let (h, m, s) = (left / 3600, left / 60 % 60, left % 60);
+            if h > 0 {
+                format!("{h}h{m:02}m left")
+            } else {
+                format!("{m}m{s:02}s left")
+            }
+        }
+        _ => "expired".into(),
+    }
 }

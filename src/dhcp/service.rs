@@ -47,8 +47,16 @@ impl Service {
         for p in problems {
             log(&format!("skipped an unreadable lease: {p}"));
         }
+        let mut namespaces = Namespaces::new();
         for r in records {
-            let (client, actions) = Client::restore(exchange::now(), r.lease(), xid_seed());
+            let (mut client, actions) = Client::restore(exchange::now(), r.lease(), xid_seed());
+            // An owner that went while nobody ran the client: the server is
+            // told now, not when the lease would have been renewed.
+            if namespaces.find(&r.request.netns) == Found::Gone {
+                release_now(&r, &mut client);
+                let _ = record::remove(&service.dir, &r.request.owner, &r.request.network);
+                continue;
+            }
             log(&format!(
                 "network {}: took up the lease of {} on {} ({})",
                 r.request.network,
@@ -209,8 +217,10 @@ fn renew(record: &Record, client: &mut Client, actions: Vec<Action>) -> Result<O
         Found::Unknown => return Ok(Outcome::Waiting),
     };
     let netns = Netns::open(&path).map_err(|e| Gone(format!("open {}: {e}", path.display())))?;
-    let socket = exchange::open_socket(&netns, &record.request.ifname, record.address)
-        .map_err(|e| Gone(format!("its link has lost the address: {e:#}")))?;
+    // Bound to no address: a server may answer a renewal by broadcast (a
+    // NAK always is), which a socket bound to the lease's address misses.
+    let socket = exchange::open_socket(&netns, &record.request.ifname, Ipv4Addr::UNSPECIFIED)
+        .map_err(|e| Gone(format!("its link is gone: {e:#}")))?;
     let ids = ids_of(&record.request);
     exchange::run(
         client,
