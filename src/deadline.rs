@@ -49,11 +49,6 @@ impl Deadline {
         Deadline::after(DEFAULT_WAIT)
     }
 
-    /// This deadline moved `by` later.
-    pub fn later_by(self, by: Duration) -> Deadline {
-        Deadline { at: self.at + by }
-    }
-
     pub fn instant(&self) -> Instant {
         self.at
     }

@@ -593,6 +593,30 @@ fn dhcp_agent(store: &dyn LeaseStore) -> Box<dyn crate::dhcp::Agent> {
     crate::dhcp::agent(&dir)
 }
 
+/// What an attach keeps of its budget for rolling back after the DHCP
+/// server did not answer in time.
+const DHCP_ROLLBACK_RESERVE: Duration = Duration::from_secs(1);
+
+/// How long to wait for the DHCP server: the network's `dhcp_timeout`,
+/// within the runtime's budget for the whole attach (the hook's timeout,
+/// the NRI request timeout; 5 s without one), less time to roll back.
+/// Whole tenths of a second, for the message that names it.
+fn dhcp_wait(net: &Network, store: &dyn LeaseStore) -> Result<Duration> {
+    let budget = store
+        .deadline()
+        .remaining()
+        .saturating_sub(DHCP_ROLLBACK_RESERVE);
+    let wait = net.dhcp_timeout().min(budget);
+    let wait = Duration::from_millis(wait.as_millis() as u64 / 100 * 100);
+    if wait.is_zero() {
+        bail!(
+            "network {}: the runtime's time for this start is spent before the DHCP server could be asked",
+            net.name
+        );
+    }
+    Ok(wait)
+}
+
 /// Asks the DHCP agent for a lease through the link just made (up, no
 /// address yet), records the address in the store like any other (unique
 /// on the segment) and puts it on the link. Returns the lease and the
@@ -624,14 +648,9 @@ fn acquire_dhcp(
         hostname: ask
             .identity
             .map(|i| i.rsplit('/').next().unwrap_or(i).to_string()),
-        wait_ms: net.dhcp_timeout().as_millis() as u64,
+        wait_ms: dhcp_wait(net, store)?.as_millis() as u64,
     };
-    let asked = Instant::now();
-    let granted = dhcp_agent(store).acquire(&request);
-    // The server's answer had its own bound (dhcp_timeout, which the
-    // runtime's hook timeout must leave room for; README).
-    store.postpone_deadline(asked.elapsed());
-    let granted = granted?;
+    let granted = dhcp_agent(store).acquire(&request)?;
     ask.acquired.push(net.name.clone());
     let address = IpAddr::V4(granted.address);
     if !net.subnets.is_empty() && net.subnet_of(address).is_none() {

@@ -223,11 +223,6 @@ pub trait LeaseStore {
         alive: Liveness<'_>,
     ) -> Result<Lease, IpamError>;
 
-    /// Moves the deadline of this store's later waits `by` later: a wait
-    /// with its own bound (a DHCP server's answer) does not eat the time the
-    /// store's own waits have.
-    fn postpone_deadline(&self, _by: std::time::Duration) {}
-
     /// The state directory this store keeps its files in, if it has one.
     fn state_dir(&self) -> Option<std::path::PathBuf> {
         None

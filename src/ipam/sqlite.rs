@@ -1289,11 +1289,6 @@ impl LeaseStore for SqliteStore {
         })
     }
 
-    fn postpone_deadline(&self, by: Duration) {
-        let mut deadline = lock_ignoring_poison(&self.deadline);
-        *deadline = deadline.map(|d| d.later_by(by));
-    }
-
     fn state_dir(&self) -> Option<PathBuf> {
         self.path.parent().map(Path::to_path_buf)
     }

@@ -303,10 +303,6 @@ impl LeaseStore for Store {
         self.local.state_dir()
     }
 
-    fn postpone_deadline(&self, by: std::time::Duration) {
-        self.local.postpone_deadline(by)
-    }
-
     fn record_lease(
         &self,
         owner: &str,

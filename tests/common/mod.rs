@@ -30,6 +30,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod dnsmasq;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
