@@ -146,6 +146,43 @@ pub fn links_to_repair(store: &dyn LeaseStore) -> HostCheck {
     }
 }
 
+/// Whether hooks find a DHCP client for `ipam dhcp` networks: the
+/// `netattach dhcp` service answering on the state directory's socket (the
+/// NRI plugin is its own client and needs none).
+pub fn dhcp_client(state_dir: &std::path::Path, networks: &[crate::config::Network]) -> HostCheck {
+    let dhcp: Vec<&str> = networks
+        .iter()
+        .filter(|n| n.ipam == crate::config::IpamMode::Dhcp)
+        .map(|n| n.name.as_str())
+        .collect();
+    let socket = crate::dhcp::socket_path(state_dir);
+    let running = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    let leases = crate::dhcp::record::load_all(&crate::dhcp::lease_dir(state_dir))
+        .0
+        .len();
+    let state = match (dhcp.is_empty(), running) {
+        (true, _) => "no network uses DHCP".to_string(),
+        (false, true) => format!(
+            "netattach dhcp answers on {}; {leases} lease(s)",
+            socket.display()
+        ),
+        (false, false) => format!("not running; {leases} lease(s) kept"),
+    };
+    let problems = if !dhcp.is_empty() && !running {
+        vec![format!(
+            "network(s) {} use DHCP: hooks fail until the netattach dhcp service runs              (systemctl enable --now netattach-dhcp); the NRI plugin needs none",
+            dhcp.join(", ")
+        )]
+    } else {
+        Vec::new()
+    };
+    HostCheck {
+        check: "DHCP client",
+        state,
+        problems,
+    }
+}
+
 /// The report line of a definition file that does not load.
 pub fn broken_definition(b: &BrokenDefinition) -> ParentState {
     ParentState {

@@ -248,6 +248,28 @@ fn without_the_service_the_hook_says_so_and_leaves_nothing() {
     );
     assert!(link_names(&c.name).iter().all(|n| n == "lo"));
     assert!(lan.leases_json().as_array().unwrap().is_empty());
+    // doctor says what is missing, and is content once the service runs.
+    let dhcp_check = || {
+        let out = lan.netattach(&["doctor", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["host"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "DHCP client")
+            .cloned()
+            .unwrap()
+    };
+    let missing = dhcp_check();
+    assert!(
+        missing["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("network(s) lan use DHCP: hooks fail until the netattach dhcp service runs"),
+        "{missing}"
+    );
+    let _service = Service::start(&lan);
+    assert_eq!(dhcp_check()["problems"], serde_json::json!([]));
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
         doctor::lease_store_lock(store.queue_path()),
         doctor::netns_identity(),
         doctor::links_to_repair(&store),
+        doctor::dhcp_client(&ctx.state_dir, &listed.networks),
     ];
     let mut parents = doctor::parents(&mut Netlink::open()?, &store, &listed.networks, &features)?;
     parents.extend(listed.broken.iter().map(doctor::broken_definition));
