@@ -418,3 +418,80 @@ fn a_lease_the_server_takes_back_leaves_the_link() {
         "nobody answers for {leased}"
     );
 }
+
+/// The client id is the owner's identity: a container re-created under the
+/// same identity (after its predecessor died without a stop) gets the same
+/// lease from the server, and the predecessor's clean-up (gc, a restart of
+/// the service) does not release it from under it.
+#[test]
+fn a_recreated_container_gets_its_lease_back_and_keeps_it() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let service = Service::start(&lan);
+    let first = lan.container_ns("i1");
+    lan.netattach_ok(&[
+        "attach",
+        "--netns",
+        first.path_str(),
+        "--id",
+        "first",
+        "--identity",
+        "shop/web",
+        "lan",
+    ]);
+    let leased = ipv4_of(&first.name, "eth0");
+    drop(first);
+    let again = lan.container_ns("i2");
+    lan.netattach_ok(&[
+        "attach",
+        "--netns",
+        again.path_str(),
+        "--id",
+        "second",
+        "--identity",
+        "shop/web",
+        "lan",
+    ]);
+    assert_eq!(ipv4_of(&again.name, "eth0"), leased, "the same lease");
+    let mac = mac_of(&again.name, "eth0");
+    lan.netattach_ok(&["gc"]);
+    drop(service.stop());
+    let service = Service::start(&lan);
+    assert!(
+        service.log_text().contains("not releasing"),
+        "{}",
+        service.log_text()
+    );
+    let address = leased[0].trim_end_matches("/24");
+    assert_eq!(
+        dnsmasq.lease_of(&mac).map(|l| l.0).as_deref(),
+        Some(address)
+    );
+    assert!(ping_from(&again.name, GW4));
+    assert_eq!(lan.addresses_of("second"), vec![address.to_string()]);
+    assert!(lan.addresses_of("first").is_empty());
+}
+
+/// `gc` frees a dead owner's DHCP lease at the server too.
+#[test]
+fn gc_releases_the_lease_of_a_container_that_died_without_a_stop() {
+    if skip() {
+        return;
+    }
+    let lan = dhcp_lan();
+    let dnsmasq = Dnsmasq::start(&lan, &[]);
+    let _service = Service::start(&lan);
+    let c = lan.container_ns("g");
+    let out = hook(&lan, "attach", "ctr-g", &c, "lan");
+    assert!(out.status.success(), "attach: {}", text(&out));
+    let mac = mac_of(&c.name, "eth0");
+    assert!(dnsmasq.lease_of(&mac).is_some());
+    drop(c);
+    let freed = lan.netattach_ok(&["gc"]);
+    assert!(freed.contains("ctr-g"), "{freed}");
+    assert_eq!(dnsmasq.lease_of(&mac), None, "released at the server");
+    assert!(dhcp_records(&lan).is_empty());
+}

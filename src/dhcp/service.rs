@@ -53,7 +53,7 @@ impl Service {
             // An owner that went while nobody ran the client: the server is
             // told now, not when the lease would have been renewed.
             if namespaces.find(&r.request.netns) == Found::Gone {
-                release_now(&r, &mut client);
+                release_now(&service.dir, &r, &mut client);
                 let _ = record::remove(&service.dir, &r.request.owner, &r.request.network);
                 continue;
             }
@@ -97,7 +97,7 @@ impl Service {
             Outcome::Bound(lease) => {
                 let record = Record::new(request, &lease);
                 if let Err(e) = record::save(&self.dir, &record) {
-                    release_now(&record, &mut client);
+                    release_now(&self.dir, &record, &mut client);
                     return Err(e);
                 }
                 let granted = record.granted();
@@ -133,7 +133,7 @@ impl Service {
             .find(|r| r.request.owner == owner && r.request.network == network)
         {
             let (mut client, _) = Client::restore(exchange::now(), r.lease(), xid_seed());
-            release_now(&r, &mut client);
+            release_now(&self.dir, &r, &mut client);
         }
         record::remove(&self.dir, owner, network)
     }
@@ -195,7 +195,7 @@ fn keep(
         let wait = at.saturating_sub(exchange::now());
         match commands.recv_timeout(wait) {
             Ok(Command::Release(reply)) => {
-                release_now(&record, &mut client);
+                release_now(dir, &record, &mut client);
                 let _ = reply.send(record::remove(dir, &record.request.owner, &network));
                 return;
             }
@@ -269,8 +269,25 @@ fn remove_address(path: &Path, ifname: &str, address: Ipv4Addr, prefix_len: u8) 
 /// Sends DHCPRELEASE: from the owner's address inside its netns while that
 /// lives, else from the parent on the host (the container's link died with
 /// its netns, and the server still holds the lease until told).
-fn release_now(record: &Record, client: &mut Client) {
+///
+/// Not when another owner's lease has the same address from the same server:
+/// a re-created container with the same identity (the same client id) was
+/// given its predecessor's lease, and the release would take it from it.
+fn release_now(dir: &Path, record: &Record, client: &mut Client) {
     let r = &record.request;
+    let successor = record::load_all(dir).0.into_iter().find(|o| {
+        (&o.request.owner, &o.request.network) != (&r.owner, &r.network)
+            && o.address == record.address
+            && o.server == record.server
+    });
+    if let Some(o) = successor {
+        client.release();
+        log(&format!(
+            "network {}: not releasing {} of {}: {} holds it now (the same client identity)",
+            r.network, record.address, r.owner, o.request.owner
+        ));
+        return;
+    }
     let bytes: Vec<Vec<u8>> = client
         .release()
         .into_iter()
