@@ -15,7 +15,7 @@ use super::machine::{Action, Client, Destination, Lease};
 use super::message::{self, ClientIds};
 use crate::netns::Netns;
 
-const SERVER_PORT: u16 = 67;
+pub const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 
 /// The machine's clock: wall time since the epoch, so that a lease
@@ -35,19 +35,8 @@ pub fn open_socket(netns: &Netns, ifname: &str, address: Ipv4Addr) -> Result<Udp
     let ifname = ifname.to_string();
     let fd = netns
         .run(move || -> nix::Result<OwnedFd> {
-            let fd = socket::socket(
-                AddressFamily::Inet,
-                SockType::Datagram,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
+            let fd = broadcast_socket(&ifname)?;
             socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-            socket::setsockopt(&fd, sockopt::Broadcast, &true)?;
-            socket::setsockopt(
-                &fd,
-                sockopt::BindToDevice,
-                &std::ffi::OsString::from(ifname),
-            )?;
             socket::bind(
                 std::os::fd::AsRawFd::as_raw_fd(&fd),
                 &SockaddrIn::from(SocketAddrV4::new(address, CLIENT_PORT)),
@@ -57,6 +46,24 @@ pub fn open_socket(netns: &Netns, ifname: &str, address: Ipv4Addr) -> Result<Udp
         .context("enter the container's network namespace")?
         .context("open a DHCP client socket")?;
     Ok(UdpSocket::from(fd))
+}
+
+/// A UDP socket of the current netns that may broadcast, and sends and
+/// receives through link `ifname` only.
+pub fn broadcast_socket(ifname: &str) -> nix::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::Broadcast, &true)?;
+    socket::setsockopt(
+        &fd,
+        sockopt::BindToDevice,
+        &std::ffi::OsString::from(ifname),
+    )?;
+    Ok(fd)
 }
 
 /// How an exchange ended.

@@ -318,7 +318,7 @@ fn release_now(dir: &Path, record: &Record, client: &mut Client) {
 
 fn send_all(socket: &std::net::UdpSocket, messages: &[Vec<u8>], to: Ipv4Addr) -> Result<()> {
     for m in messages {
-        socket.send_to(m, (to, 67))?;
+        socket.send_to(m, (to, exchange::SERVER_PORT))?;
     }
     Ok(())
 }
@@ -327,19 +327,7 @@ fn send_all(socket: &std::net::UdpSocket, messages: &[Vec<u8>], to: Ipv4Addr) ->
 /// (port 68 may be the host's own DHCP client's): the server finds the lease
 /// by the message's client id and address, not by where it came from.
 fn from_parent(parent: &str, messages: &[Vec<u8>]) -> Result<()> {
-    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType};
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    socket::setsockopt(&fd, sockopt::Broadcast, &true)?;
-    socket::setsockopt(
-        &fd,
-        sockopt::BindToDevice,
-        &std::ffi::OsString::from(parent),
-    )?;
+    let fd = exchange::broadcast_socket(parent)?;
     let socket = std::net::UdpSocket::from(fd);
     send_all(&socket, messages, Ipv4Addr::BROADCAST)
         .with_context(|| format!("broadcast from parent {parent}"))
